@@ -1,0 +1,3 @@
+from vrrestore.cli import main
+
+main()
