@@ -1,0 +1,8 @@
+"""PLACEHOLDER: replaced by the owner of this command."""
+
+import typer
+
+
+def image() -> None:
+    """Not yet implemented."""
+    raise typer.Exit(1)
