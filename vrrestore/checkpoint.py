@@ -105,11 +105,16 @@ def load_checkpoint(path: str | os.PathLike[str], device: str | torch.device = "
         for key in f.keys():  # noqa: SIM118 - safe_open is not a mapping
             t = f.get_tensor(key)
             state[key] = t.float() if t.is_floating_point() else t
-    result = model.load_state_dict(state, strict=False)
-    if result.missing_keys or result.unexpected_keys:
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError:  # shape mismatch
+        result = None
+    if result is None or result.missing_keys or result.unexpected_keys:
         raise CheckpointError(
             f"{path}: tensors do not match {meta['architecture']} "
-            f"(missing {len(result.missing_keys)}, unexpected {len(result.unexpected_keys)}); the file is damaged or mislabelled"
+            + ("(tensor shapes differ)" if result is None else
+               f"(missing {len(result.missing_keys)}, unexpected {len(result.unexpected_keys)})")
+            + "; the file is damaged or mislabelled"
         )
     model.eval().to(device)
     return describe(model, metadata=meta)
