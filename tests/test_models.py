@@ -56,6 +56,27 @@ def test_oracle_weights_reproduce_any_feature_when_codebook_has_full_rank() -> N
     assert rel < 1e-5
 
 
+def test_affine_vr_keeps_one_hot_lookup_and_sums_to_one() -> None:
+    codebook = torch.randn(64, 16) + 5.0  # strong common direction, as trained codebooks have
+    idx = torch.randint(0, 64, (2, 7))
+    out = VectorRegression.combine(F.one_hot(idx, 64).float(), codebook, affine=True)
+    assert torch.allclose(out.feat, codebook[idx], atol=1e-5)
+    raw = torch.randn(2, 7, 64)
+    out = VectorRegression.combine(raw, codebook, affine=True)
+    assert torch.allclose(out.weights.sum(-1), torch.ones(2, 7), atol=1e-4)
+    assert torch.allclose(out.feat, out.weights @ codebook, atol=1e-4)  # still w @ C
+    assert (out.weights < 0).any()  # not a convex combination
+
+
+def test_affine_oracle_weights_reproduce_features() -> None:
+    codebook = torch.randn(128, 32) + 3.0
+    feat = torch.randn(4, 9, 32) * 2.0
+    w = oracle_weights(feat, codebook, affine=True)
+    assert torch.allclose(w.sum(-1), torch.ones(4, 9), atol=1e-4)
+    rel = (VectorRegression.combine(w, codebook, affine=True).feat - feat).norm() / feat.norm()
+    assert rel < 1e-4
+
+
 def test_oracle_weights_project_when_codebook_is_rank_deficient() -> None:
     codebook = torch.randn(64, 4) @ torch.randn(4, 16)  # rank 4 < d = 16
     feat = torch.randn(10, 16)

@@ -124,29 +124,43 @@ class SoftQuantizer(nn.Module):
 class VectorRegression(nn.Module):
     """Vector Regression: real-valued weights over the whole codebook, feature = w @ C (no softmax).
 
-    Supervised with the HQ encoder's pre-quantization features. ``w`` is unconstrained (may be
-    negative, need not sum to one); with rank(C) = d any feature is reachable.
+    Supervised with the HQ encoder's pre-quantization features. ``w`` may be negative. With
+    ``affine=True`` (default) the predicted weights are shifted to sum to one,
+    w = v + (1 - sum(v)) / N, so feature = mean(C) + v @ (C - mean(C)). That is still w @ C over the
+    whole codebook, but the codebook's common direction no longer dominates C^T C, which is what
+    makes the plain parametrisation train slowly or diverge (see README, "Why VR trains").
     """
 
-    def __init__(self, in_dim: int, num_codes: int) -> None:
+    def __init__(self, in_dim: int, num_codes: int, affine: bool = True) -> None:
         super().__init__()
         self.proj = nn.Linear(in_dim, num_codes, bias=False)
+        self.affine = affine
 
     def forward(self, x: torch.Tensor, codebook: torch.Tensor) -> HeadOutput:
-        return self.combine(self.proj(x), codebook)
+        return self.combine(self.proj(x), codebook, self.affine)
 
     @staticmethod
-    def combine(weights: torch.Tensor, codebook: torch.Tensor) -> HeadOutput:
-        """feature = w @ C in fp32 (what the head computes from its weights)."""
+    def combine(weights: torch.Tensor, codebook: torch.Tensor, affine: bool = False) -> HeadOutput:
+        """feature = w @ C in fp32; with ``affine`` the weights are first shifted to sum to one."""
         with _fp32_off_autocast(weights.device.type):
-            feat = weights.float() @ codebook.float()
-        return HeadOutput(feat=feat.to(weights.dtype), weights=weights)
+            w = weights.float()
+            if affine:
+                w = w + (1.0 - w.sum(-1, keepdim=True)) / codebook.shape[0]
+            feat = w @ codebook.float()
+        return HeadOutput(feat=feat.to(weights.dtype), weights=w)
 
 
-def oracle_weights(feat: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
-    """Minimum-norm weights w* = f @ pinv(C): w* @ C == f whenever rank(C) equals the feature dim."""
+def oracle_weights(feat: torch.Tensor, codebook: torch.Tensor, affine: bool = False) -> torch.Tensor:
+    """Minimum-norm weights with w @ C == f whenever rank(C) (centred, for ``affine``) equals d.
+
+    Plain: w* = f @ pinv(C). Affine (weights summing to one): w* = 1/N + (f - mean(C)) @ pinv(C - mean(C)).
+    """
     with _fp32_off_autocast(feat.device.type):
-        return feat.float() @ torch.linalg.pinv(codebook.float())
+        c = codebook.float()
+        if not affine:
+            return feat.float() @ torch.linalg.pinv(c)
+        mu = c.mean(0)
+        return 1.0 / c.shape[0] + (feat.float() - mu) @ torch.linalg.pinv(c - mu)
 
 
 class DirectRegression(nn.Module):
@@ -160,14 +174,16 @@ class DirectRegression(nn.Module):
         return HeadOutput(feat=self.proj(x))
 
 
-def build_head(kind: HeadKind, in_dim: int, num_codes: int, dim: int, tau: float = 1.0) -> nn.Module:
+def build_head(
+    kind: HeadKind, in_dim: int, num_codes: int, dim: int, tau: float = 1.0, vr_affine: bool = True
+) -> nn.Module:
     """The restorer head named by ``kind`` (vq | soft | vr | direct)."""
     if kind == "vq":
         return IndexPrediction(in_dim, num_codes)
     if kind == "soft":
         return SoftQuantizer(in_dim, num_codes, tau)
     if kind == "vr":
-        return VectorRegression(in_dim, num_codes)
+        return VectorRegression(in_dim, num_codes, vr_affine)
     if kind == "direct":
         return DirectRegression(in_dim, dim)
     raise ValueError(f"unknown head {kind!r}; expected one of {', '.join(HEAD_KINDS)}")

@@ -28,6 +28,7 @@ class CodePredictor(nn.Module):
         latent_size: int,
         head: HeadKind,
         soft_tau: float = 1.0,
+        vr_affine: bool = True,
     ) -> None:
         super().__init__()
         self.latent_size = latent_size
@@ -36,7 +37,7 @@ class CodePredictor(nn.Module):
         nn.init.trunc_normal_(self.pos_emb, std=0.02)
         self.layers = nn.ModuleList(TransformerLayer(d_model, n_heads, mlp_ratio) for _ in range(n_layers))
         self.norm = nn.LayerNorm(d_model)
-        self.head = build_head(head, d_model, num_codes, emb_dim, soft_tau)
+        self.head = build_head(head, d_model, num_codes, emb_dim, soft_tau, vr_affine)
 
     def position(self, h: int, w: int) -> torch.Tensor:
         pos = self.pos_emb

@@ -38,6 +38,7 @@ class SRConfig:
     mlp_ratio: float = 2.0
     head: HeadKind = "vr"
     soft_tau: float = 1.0
+    vr_affine: bool = True  # VR weights shifted to sum to one (see VectorRegression)
 
     @property
     def size_multiple(self) -> int:
@@ -79,7 +80,7 @@ class SRRestorer(nn.Module):
         self.lq_encoder = LREncoder(cfg)
         self.predictor = CodePredictor(
             p.emb_dim, p.codebook_size, cfg.d_model, cfg.n_layers, cfg.n_heads, cfg.mlp_ratio,
-            p.latent_size, cfg.head, cfg.soft_tau,
+            p.latent_size, cfg.head, cfg.soft_tau, cfg.vr_affine,
         )
         self.quantizer = VectorQuantizer(p.codebook_size, p.emb_dim, p.beta)
         self.decoder = Decoder(p)
