@@ -93,11 +93,17 @@ def _offline_message(name: str, s: HubSettings) -> str:
 
 
 def _is_connection_error(err: BaseException | None) -> bool:
-    import httpx2  # a huggingface_hub dependency; only reached after it was imported
+    """True if ``err`` or anything it was raised from is a network failure."""
+    kinds: tuple[type[BaseException], ...] = (ConnectionError, TimeoutError)
+    try:
+        import httpx2  # huggingface_hub's HTTP client (2.x); absent in other versions
 
+        kinds += (httpx2.TransportError,)
+    except ImportError:
+        pass
     seen = 0
     while err is not None and seen < 8:
-        if isinstance(err, (httpx2.TransportError, ConnectionError, TimeoutError)):
+        if isinstance(err, kinds):
             return True
         err = err.__cause__ or err.__context__
         seen += 1

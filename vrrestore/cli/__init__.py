@@ -50,21 +50,25 @@ app.add_typer(_weights.app, name="weights")
 app.add_typer(_train.app, name="train")
 
 
+# typer bundles its own click; its ClickException is the base of typer.BadParameter.
+_ClickException: type[Exception] = typer.BadParameter.__mro__[2]
+
+
 def main() -> None:
     """Console entry point: VRRestoreError -> one red line and its exit code; Ctrl-C -> 130."""
     try:
-        app(standalone_mode=False)
+        rv = app(standalone_mode=False)
     except VRRestoreError as err:
         err_console.print(f"[red]error:[/red] {err}", highlight=False, soft_wrap=True)
         sys.exit(err.exit_code)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, typer.Abort):
         err_console.print("[yellow]interrupted[/yellow]")
         sys.exit(EXIT_INTERRUPTED)
     except typer.Exit as ex:
         sys.exit(ex.exit_code)
-    except typer.Abort:
-        err_console.print("[yellow]aborted[/yellow]")
-        sys.exit(EXIT_INTERRUPTED)
-    except __import__("click").exceptions.ClickException as ex:
-        ex.show()
-        sys.exit(ex.exit_code)
+    except _ClickException as ex:
+        ex.show()  # type: ignore[attr-defined]
+        code = ex.exit_code  # type: ignore[attr-defined]
+        # `vrrestore` / `vrrestore weights` with no arguments print help: not an error.
+        sys.exit(0 if type(ex).__name__ == "NoArgsIsHelpError" else code)
+    sys.exit(rv if isinstance(rv, int) else 0)

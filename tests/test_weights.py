@@ -1,0 +1,409 @@
+"""Weights registry, resolution order, task checks, `weights import/card/verify/list/path` (issue 6).
+
+Hub traffic is covered in test_hub.py; nothing here opens a socket (HF_ENDPOINT points at a refused port and
+every registry entry used here resolves locally).
+"""
+
+from __future__ import annotations
+
+import builtins
+import dataclasses
+import hashlib
+import json
+import os
+import pickle
+import shutil
+import sys
+from pathlib import Path
+
+import huggingface_hub.constants as hf_constants
+import pytest
+import torch
+from safetensors import safe_open
+
+from fakehub import entry_dict, write_registry
+from vrrestore import weights as W
+from vrrestore.cache import cache_dir
+from vrrestore.checkpoint import load_checkpoint, read_metadata, save_checkpoint
+from vrrestore.cli import main
+from vrrestore.errors import WeightsError
+from vrrestore.models import build_model, preset
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    for var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_TOKEN",
+                "VRRESTORE_WEIGHTS_DIR", "VRRESTORE_REGISTRY", "XDG_CACHE_HOME"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("VRRESTORE_CACHE", str(tmp_path / "vcache"))
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setattr(hf_constants, "HF_HUB_DISABLE_TELEMETRY", True)
+
+
+def _model(name: str, head: str = "vr") -> torch.nn.Module:
+    torch.manual_seed(0)
+    cfg = dataclasses.replace(preset(name), head=head)
+    return build_model("FaceRestorer" if name.startswith("face") else "SRRestorer", cfg)
+
+
+@pytest.fixture(scope="module")
+def ckpts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("ckpts")
+    return {
+        "face": save_checkpoint(_model("face-tiny"), d / "face-tiny.safetensors", dtype="fp16"),
+        "face_vq": save_checkpoint(_model("face-tiny", "vq"), d / "face-tiny-vq.safetensors", dtype="fp16"),
+        "sr": save_checkpoint(_model("sr-tiny"), d / "sr-tiny.safetensors", dtype="fp16"),
+    }
+
+
+def cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    capsys.readouterr()
+    monkeypatch.setattr(sys, "argv", ["vrrestore", *args])
+    try:
+        main()
+        code = 0
+    except SystemExit as ex:
+        code = int(ex.code or 0)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def registry(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, entries: list[dict[str, object]]) -> Path:
+    path = write_registry(tmp_path / "registry.json", entries)
+    monkeypatch.setenv("VRRESTORE_REGISTRY", str(path))
+    return path
+
+
+# ------------------------------------------------------------------------------------ shipped registry
+
+
+def test_packaged_registry_is_the_repository_registry() -> None:
+    assert (ROOT / "vrrestore" / "weights.json").read_bytes() == (ROOT / "weights.json").read_bytes()
+
+
+def test_shipped_registry_lists_the_planned_unpublished_models() -> None:
+    reg = W.load_registry()  # importlib.resources: vrrestore/weights.json
+    assert list(reg) == ["vr-face-s", "vq-face-s", "vr-sr-x4-s", "vq-sr-x4-s"]
+    want = {"vr-face-s": ("face", "FaceRestorer", "face-s", "vr", True), "vq-face-s": ("face", "FaceRestorer", "face-s", "vq", False),
+            "vr-sr-x4-s": ("sr", "SRRestorer", "sr-x4-s", "vr", True), "vq-sr-x4-s": ("sr", "SRRestorer", "sr-x4-s", "vq", False)}
+    for name, e in reg.items():
+        assert (e.task, e.architecture, e.preset, e.head, e.default) == want[name]
+        assert e.status == "unpublished" and not e.published
+        assert (e.repo_id, e.revision, e.sha256, e.size_bytes, e.bundled) == (None,) * 5
+        assert e.config().head == e.head and e.config() == dataclasses.replace(preset(e.preset), head=e.head)
+    assert [s for _, s in W.list_entries()] == ["unpublished"] * 4
+
+
+@pytest.mark.parametrize(("task", "name"), [("face", "vr-face-s"), ("sr", "vr-sr-x4-s")])
+def test_no_trained_default_is_said_plainly(task: str, name: str) -> None:
+    with pytest.raises(WeightsError) as info:
+        W.load_model(None, task)  # type: ignore[arg-type]
+    assert str(info.value).startswith(
+        f"no trained {task} model is available yet ({name} is unpublished); pass --model PATH to a checkpoint"
+    )
+    assert info.value.exit_code == 3
+
+
+def test_cli_on_the_shipped_registry(monkeypatch, capsys) -> None:
+    code, out, _ = cli(monkeypatch, capsys, "weights", "list")
+    assert code == 0 and out.count("unpublished") >= 4 and "vr-face-s (default)" in out and "vq-sr-x4-s" in out
+    code, out, _ = cli(monkeypatch, capsys, "weights", "list", "--json")
+    rows = json.loads(out)
+    assert [(r["name"], r["availability"], r["repo_id"]) for r in rows] == [
+        (n, "unpublished", None) for n in ("vr-face-s", "vq-face-s", "vr-sr-x4-s", "vq-sr-x4-s")
+    ]
+    for args in (["path", "vr-face-s"], ["download", "vq-face-s"], ["verify", "vr-sr-x4-s"]):
+        code, out, err = cli(monkeypatch, capsys, "weights", *args)
+        assert code == 3 and out == "" and f"{args[1]} is unpublished (no trained weights exist yet)" in err
+    code, _, err = cli(monkeypatch, capsys, "weights", "path", "vr-face-xl")
+    assert code == 3 and "unknown model 'vr-face-xl'; choose one of vr-face-s, vq-face-s" in err
+
+
+# ------------------------------------------------------------------------------------------- registry
+
+
+def _good(tmp_path: Path) -> dict[str, object]:
+    return entry_dict("m", b"x" * 10, repo_id="o/r", revision="a" * 40)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"revision": "main"}, "revision must be a 40-hex commit sha, never a branch"),
+        ({"sha256": "abc"}, "sha256 must be the 64 lower-case hex digits"),
+        ({"status": "unpublished"}, "an unpublished entry must have null repo_id, revision, sha256, size_bytes"),
+        ({"preset": "face-xxl"}, "unknown preset 'face-xxl'"),
+        ({"preset": "sr-tiny"}, "preset sr-tiny is not a face preset"),
+        ({"architecture": "SRRestorer"}, "a face model has architecture FaceRestorer"),
+        ({"head": "hard"}, "head must be one of vq, soft, vr, direct"),
+        ({"bundled": "../evil.safetensors"}, "bundled must be a path inside the package"),
+        ({"extra": 1}, "unknown fields extra"),
+        ({"filename": "m.pth"}, "filename must be a relative path ending in .safetensors"),
+        ({"bundled": "bundled/m.safetensors", "size_bytes": (16 << 20) + 1}, "a bundled file may be at most 16 MiB"),
+    ],
+)
+def test_registry_validation(tmp_path, change, message) -> None:
+    entry = {**_good(tmp_path), **change}
+    path = write_registry(tmp_path / "r.json", [entry])
+    with pytest.raises(WeightsError, match=message.replace("(", r"\(")) as info:
+        W.load_registry(path)
+    assert str(info.value).startswith(f"{path}: model 'm': ")
+
+
+def test_registry_file_level_errors(tmp_path, monkeypatch) -> None:
+    two = [entry_dict("a", None, default=True), entry_dict("b", None, default=True)]
+    with pytest.raises(WeightsError, match=r"several default face models \(a, b\)"):
+        W.load_registry(write_registry(tmp_path / "r.json", two))
+    with pytest.raises(WeightsError, match="listed twice"):
+        W.load_registry(write_registry(tmp_path / "r.json", [entry_dict("a", None), entry_dict("a", None)]))
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(WeightsError, match="unreadable weights registry"):
+        W.load_registry(tmp_path / "bad.json")
+    monkeypatch.setenv("VRRESTORE_REGISTRY", str(tmp_path / "absent.json"))
+    with pytest.raises(WeightsError, match="weights registry not found; unset VRRESTORE_REGISTRY"):
+        W.load_registry()
+    assert list(W.load_registry(write_registry(tmp_path / "ok.json", [entry_dict("z", None)]))) == ["z"]  # path beats env
+
+
+# ----------------------------------------------------------------------------------------- resolution
+
+
+def test_explicit_paths_and_task_checks(ckpts, tmp_path) -> None:
+    desc = W.load_model(str(ckpts["face"]), "face")
+    assert (desc.task, desc.architecture, desc.head) == ("face", "FaceRestorer", "vr")
+    assert W.load_model(str(ckpts["sr"]), "sr").scale == 4
+    with pytest.raises(WeightsError) as info:
+        W.load_model(str(ckpts["sr"]), "face")
+    assert str(info.value) == "sr-tiny.safetensors is an sr model; `vrrestore face` needs a face model"
+    with pytest.raises(WeightsError) as info:
+        W.load_model(str(ckpts["face"]), "sr")
+    assert str(info.value) == "face-tiny.safetensors is a face model; `vrrestore image` needs an sr model"
+
+    pth = tmp_path / "gfpgan.pth"
+    torch.save({"w": torch.zeros(1)}, pth)
+    with pytest.raises(WeightsError, match=r"only \.safetensors checkpoints are loaded .*`vrrestore weights import .*gfpgan\.pth -o gfpgan\.safetensors"):
+        W.resolve_weights(str(pth), "face")
+    with pytest.raises(WeightsError, match=r"missing\.safetensors: no such file"):
+        W.resolve_weights(str(tmp_path / "missing.safetensors"), "face")
+    with pytest.raises(WeightsError, match="is a folder"):
+        W.resolve_weights(str(tmp_path) + "/", "face")
+
+
+def test_registry_name_for_the_other_task_is_refused(monkeypatch, tmp_path, ckpts) -> None:
+    registry(monkeypatch, tmp_path, [entry_dict("face-t", None, default=True), entry_dict("sr-t", None, task="sr", preset="sr-tiny")])
+    with pytest.raises(WeightsError) as info:
+        W.load_model("sr-t", "face")
+    assert str(info.value) == "sr-t is an sr model; `vrrestore face` needs a face model (e.g. face-t)"
+
+
+def test_weights_dir_beats_bundled_and_is_verified(monkeypatch, tmp_path, ckpts, capsys) -> None:
+    data = ckpts["face"].read_bytes()
+    pkg = tmp_path / "pkg"
+    (pkg / "bundled").mkdir(parents=True)
+    shutil.copy(ckpts["face"], pkg / "bundled" / "face-t.safetensors")
+    monkeypatch.setattr(W, "_package_files", lambda: pkg)
+    registry(monkeypatch, tmp_path, [
+        entry_dict("face-t", data, repo_id="o/never-contacted", revision="b" * 40, bundled="bundled/face-t.safetensors", default=True),
+    ])
+    assert W.list_entries()[0][1] == "bundled"
+    assert W.resolve_weights(None, "face") == pkg / "bundled" / "face-t.safetensors"
+    assert W.load_model("face-t", "face").metadata["registry_name"] == "face-t"
+
+    wdir = tmp_path / "wdir"
+    wdir.mkdir()
+    shutil.copy(ckpts["face"], wdir / "face-t.safetensors")
+    monkeypatch.setenv("VRRESTORE_WEIGHTS_DIR", str(wdir))
+    assert W.resolve_weights("face-t", "face") == wdir / "face-t.safetensors"
+    code, out, _ = cli(monkeypatch, capsys, "weights", "verify")
+    assert code == 0 and "weights-dir" in out and "bundled" in out and "MISMATCH" not in out
+
+    # A different file in the weights dir is refused (no silent fall-back to the bundled copy) and kept.
+    shutil.copy(ckpts["sr"], wdir / "face-t.safetensors")
+    with pytest.raises(WeightsError, match=r"face-t\.safetensors: \d+ bytes but face-t should be \d+ .*nothing was deleted"):
+        W.load_model(None, "face")
+    assert (wdir / "face-t.safetensors").read_bytes() == ckpts["sr"].read_bytes()
+    code, out, err = cli(monkeypatch, capsys, "weights", "verify", "face-t")
+    assert code == 3 and "MISMATCH" in out and "weights-dir" in out
+
+
+def test_bundled_file_with_wrong_bytes_is_refused(monkeypatch, tmp_path, ckpts) -> None:
+    data = ckpts["face"].read_bytes()
+    pkg = tmp_path / "pkg"
+    (pkg / "bundled").mkdir(parents=True)
+    (pkg / "bundled" / "face-t.safetensors").write_bytes(bytes(len(data)))
+    monkeypatch.setattr(W, "_package_files", lambda: pkg)
+    registry(monkeypatch, tmp_path, [entry_dict("face-t", data, bundled="bundled/face-t.safetensors", default=True)])
+    with pytest.raises(WeightsError, match=r"sha256 [0-9a-f]{16}\.\.\. does not match face-t's"):
+        W.load_model(None, "face")
+
+
+def test_unpublished_entry_uses_a_file_in_the_weights_dir(monkeypatch, tmp_path, ckpts, capsys) -> None:
+    registry(monkeypatch, tmp_path, [entry_dict("face-t", None, default=True)])
+    with pytest.raises(WeightsError, match=r"no trained face model is available yet \(face-t is unpublished\)"):
+        W.load_model(None, "face")
+    monkeypatch.setenv("VRRESTORE_WEIGHTS_DIR", str(ckpts["face"].parent))
+    shutil.copy(ckpts["face"], ckpts["face"].parent / "face-t.safetensors")
+    try:
+        assert W.list_entries()[0][1] == "cached"
+        assert W.load_model(None, "face").head == "vr"
+        code, out, _ = cli(monkeypatch, capsys, "weights", "path", "face-t")
+        assert code == 0 and out == f"{ckpts['face'].parent / 'face-t.safetensors'}\n"
+    finally:
+        (ckpts["face"].parent / "face-t.safetensors").unlink()
+
+
+def test_mislabelled_registry_file_is_refused(monkeypatch, tmp_path, ckpts) -> None:
+    data = ckpts["face"].read_bytes()  # head vr, registry says vq (hash matches the file)
+    wdir = tmp_path / "w"
+    wdir.mkdir()
+    shutil.copy(ckpts["face"], wdir / "face-t.safetensors")
+    monkeypatch.setenv("VRRESTORE_WEIGHTS_DIR", str(wdir))
+    registry(monkeypatch, tmp_path, [entry_dict("face-t", data, repo_id="o/r", revision="c" * 40, head="vq")])
+    with pytest.raises(WeightsError, match=r"the checkpoint is not face-t \(FaceRestorer face-tiny, head vq\) but FaceRestorer head vr"):
+        W.load_model("face-t", "face")
+
+
+# ------------------------------------------------------------------------------------------- import
+
+
+@pytest.mark.parametrize("legacy", [False, True], ids=["zip", "legacy-pickle"])
+def test_import_roundtrip_with_params_ema_wrapper(monkeypatch, tmp_path, capsys, legacy) -> None:
+    model = _model("face-tiny")
+    src = tmp_path / "user.pth"
+    torch.save({"params_ema": model.state_dict(), "iter": 5}, src, _use_new_zipfile_serialization=not legacy)
+    out = tmp_path / "user.safetensors"
+    code, _, err = cli(monkeypatch, capsys, "weights", "import", str(src), "-o", str(out), "--preset", "face-tiny", "--head", "vr")
+    assert code == 0 and "wrote" in err
+    meta = read_metadata(out)
+    assert meta["dtype"] == "fp32" and meta["head"] == "vr" and json.loads(meta["training"])["imported_from"] == "user.pth"
+    assert json.loads(meta["training"])["source_sha256"] == hashlib.sha256(src.read_bytes()).hexdigest()
+    loaded = load_checkpoint(out).model.state_dict()
+    for k, v in model.state_dict().items():
+        assert torch.equal(loaded[k], v), k
+    assert W.load_model(str(out), "face").head == "vr"
+
+
+def test_import_state_dict_wrapper_module_prefix_dtype_and_overwrite(monkeypatch, tmp_path, capsys) -> None:
+    model = _model("sr-tiny", "vq")
+    src = tmp_path / "sr.pth"
+    torch.save({"state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}}, src)
+    out = tmp_path / "sr.safetensors"
+    args = ["weights", "import", str(src), "-o", str(out), "--preset", "sr-tiny", "--head", "vq", "--dtype", "fp16"]
+    assert cli(monkeypatch, capsys, *args)[0] == 0
+    with safe_open(str(out), framework="pt") as f:
+        dtypes = {f.get_slice(k).get_dtype() for k in f.keys()}
+    assert "F16" in dtypes and "F32" not in dtypes
+    code, _, err = cli(monkeypatch, capsys, *args)
+    assert code == 2 and "already exists; pass --overwrite" in err
+    mtime = out.stat().st_mtime_ns
+    assert cli(monkeypatch, capsys, *args, "--overwrite")[0] == 0
+    assert out.stat().st_mtime_ns >= mtime and read_metadata(out)["task"] == "sr"
+
+
+def test_import_key_mismatch_is_counted(monkeypatch, tmp_path, capsys) -> None:
+    src = tmp_path / "sr.pth"
+    torch.save(_model("sr-tiny").state_dict(), src)
+    code, _, err = cli(monkeypatch, capsys, "weights", "import", str(src), "-o", str(tmp_path / "o.safetensors"),
+                       "--preset", "face-tiny", "--head", "vr")
+    n_face = len(_model("face-tiny").state_dict())
+    assert code == 3
+    assert f"sr.pth does not fit FaceRestorer preset face-tiny head vr: " in err
+    assert f"(of {n_face}); check --preset and --head" in err and "missing keys (e.g. " in err
+    assert not (tmp_path / "o.safetensors").exists()
+
+
+class _SystemMarker:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (os.system, (f"touch {self.marker}",))
+
+
+class _OpenMarker:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (builtins.open, (str(self.marker), "w"))
+
+
+@pytest.mark.parametrize("payload", [_SystemMarker, _OpenMarker], ids=["os.system", "open"])
+@pytest.mark.parametrize("container", ["torch.save", "raw-pickle"])
+def test_import_refuses_malicious_pickles(monkeypatch, tmp_path, capsys, payload, container) -> None:
+    marker = tmp_path / "pwned"
+    src = tmp_path / "evil.pth"
+    evil = {"params": {"weight": torch.zeros(2)}, "hook": payload(marker)}
+    if container == "torch.save":
+        torch.save(evil, src)
+    else:
+        src.write_bytes(pickle.dumps(evil, protocol=2))
+    code, out, err = cli(monkeypatch, capsys, "weights", "import", str(src), "-o", str(tmp_path / "o.safetensors"),
+                         "--preset", "face-tiny", "--head", "vr")
+    assert code == 3 and "refused" in err and "nothing in it was run" in err
+    assert not marker.exists()
+    assert not (tmp_path / "o.safetensors").exists()
+
+
+def test_import_rejects_garbage_and_missing_files(tmp_path) -> None:
+    junk = tmp_path / "junk.pth"
+    junk.write_bytes(b"\x00not a checkpoint at all")
+    with pytest.raises(WeightsError, match="junk.pth: "):
+        W.import_checkpoint(junk, tmp_path / "o.safetensors", preset="face-tiny", head="vr")
+    with pytest.raises(WeightsError, match="no such file"):
+        W.import_checkpoint(tmp_path / "nope.pth", tmp_path / "o.safetensors", preset="face-tiny", head="vr")
+
+
+# ------------------------------------------------------------------------------------- card / verify
+
+
+def test_card_writes_hub_front_matter(monkeypatch, tmp_path, capsys) -> None:
+    out_dir = tmp_path / "card"
+    code, out, _ = cli(monkeypatch, capsys, "weights", "card", "vr-face-s", "-o", str(out_dir))
+    readme = out_dir / "README.md"
+    assert code == 0 and out.strip() == str(readme)
+    text = readme.read_text()
+    front, body = text.split("\n---\n", 1)
+    lines = front.splitlines()
+    assert lines[0] == "---" and "license: other" in lines and "library_name: vrrestore" in lines
+    assert "pipeline_tag: image-to-image" in lines and "tags:" in lines and "- vector-regression" in lines
+    assert 'Zheng et al. 2025, "Rethinking the Role of Vector Quantization for Blind Image Restoration"' in body
+    assert "Status: unpublished" in body and "vrrestore face INPUT --model vr-face-s" in body
+    code, _, err = cli(monkeypatch, capsys, "weights", "card", "vr-face-s", "-o", str(out_dir))
+    assert code == 2 and "pass --overwrite" in err
+    registry(monkeypatch, tmp_path, [entry_dict("sr-t", b"abc", repo_id="o/r", revision="d" * 40, task="sr", preset="sr-tiny")])
+    assert cli(monkeypatch, capsys, "weights", "card", "sr-t", "-o", str(out_dir), "--overwrite")[0] == 0
+    text = readme.read_text()
+    assert "license: apache-2.0" in text and hashlib.sha256(b"abc").hexdigest() in text and "| psnr | 1.5 |" in text
+    assert "vrrestore image INPUT --model sr-t" in text and "Status: unpublished" not in text
+
+
+def test_verify_path(monkeypatch, tmp_path, ckpts, capsys) -> None:
+    digest = hashlib.sha256(ckpts["face"].read_bytes()).hexdigest()
+    code, out, _ = cli(monkeypatch, capsys, "weights", "verify", str(ckpts["face"]))
+    assert code == 0 and digest in out and "not a registry file" in out and "FaceRestorer" in out
+    registry(monkeypatch, tmp_path, [entry_dict("face-t", ckpts["face"].read_bytes(), repo_id="o/r", revision="e" * 40,
+                                                filename="face-tiny.safetensors")])
+    code, out, _ = cli(monkeypatch, capsys, "weights", "verify", str(ckpts["face"]))
+    assert code == 0 and "matches registry model face-t" in out
+    other = tmp_path / "face-tiny.safetensors"
+    shutil.copy(ckpts["face_vq"], other)
+    code, _, err = cli(monkeypatch, capsys, "weights", "verify", str(other))
+    assert code == 3 and "does not match face-t's" in err
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"junk")
+    assert cli(monkeypatch, capsys, "weights", "verify", str(junk))[0] == 3
+
+
+def test_cache_dir_precedence(monkeypatch, tmp_path) -> None:
+    monkeypatch.setenv("VRRESTORE_CACHE", str(tmp_path / "a"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "x"))
+    assert cache_dir() == tmp_path / "a"
+    monkeypatch.delenv("VRRESTORE_CACHE")
+    assert cache_dir("bundled", create=True) == tmp_path / "x" / "vrrestore" / "bundled" and (tmp_path / "x" / "vrrestore" / "bundled").is_dir()
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert cache_dir() == tmp_path / "home" / ".cache" / "vrrestore"
