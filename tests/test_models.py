@@ -198,8 +198,8 @@ def test_fidelity_changes_output_and_zero_ignores_fusion_branch(name: str) -> No
                 p.mul_(-3.0).add_(1.0)
         assert torch.equal(model(x, 0.0), y0)
         assert not torch.allclose(model(x, 1.0), y1)
-    per_sample = model(x, torch.tensor([0.0, 1.0]))
-    assert torch.allclose(per_sample[0], y0[0], atol=1e-6)
+        per_sample = model(x, torch.tensor([0.0, 1.0]))
+    assert torch.allclose(per_sample[0], y0[0], atol=1e-5)
 
 
 def test_every_preset_builds_and_runs_at_a_tiny_size() -> None:
