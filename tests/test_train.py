@@ -12,11 +12,12 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from safetensors import safe_open
 from typer.testing import CliRunner
 
 from vrrestore.checkpoint import load_checkpoint, read_metadata
 from vrrestore.cli import app
-from vrrestore.errors import UsageError
+from vrrestore.errors import CheckpointError, UsageError
 from vrrestore.train import TrainConfig, export, train
 from vrrestore.train import ckpt as train_ckpt
 from vrrestore.train.config import CodeOptions, FidelityOptions, PriorOptions
@@ -348,8 +349,11 @@ def test_training_checkpoint_is_weights_only_and_export_writes_ema(prior_run: Pa
     ema = state["ema"]["model"]
     w = desc.model.predictor.layers[0].mlp[0].weight
     assert torch.equal(w, ema["predictor.layers.0.mlp.0.weight"].half().float())
-    with pytest.raises(Exception, match="not a restorer"):
-        export(prior_run / "prior.pt", tmp_path / "p.safetensors")
+    prior_file = export(prior_run / "prior.pt", tmp_path / "p.safetensors")  # a prior exports as its own format
+    with safe_open(str(prior_file), framework="pt") as f:
+        assert f.metadata()["format"] == "vrrestore-prior"
+    with pytest.raises(CheckpointError, match="not a vrrestore checkpoint"):
+        load_checkpoint(prior_file)  # ... which the inference loader refuses
 
 
 # -- CLI -------------------------------------------------------------------------------------------

@@ -90,6 +90,10 @@ Size = Annotated[int, typer.Option("--size", min=0, help=(
 DiscStart = Annotated[int, typer.Option("--disc-start", min=0, help=(
     "Step at which the PatchGAN critic and its adaptive-weight loss switch on."
 ))]
+InitWeights = Annotated[Optional[Path], typer.Option("--init", help=(
+    "An exported restorer .safetensors to start from (all but the prior's codebook and decoder), e.g."
+    " the previous short GPU window's model."
+))]
 Recipe = Annotated[Optional[str], typer.Option("--recipe", help=(
     "Degradation recipe for the LQ inputs (face, face-eval, face-large, sr-x4, sr-x2, "
     "bicubic-x4, bicubic-x2); default face / sr-x<scale>."
@@ -115,6 +119,15 @@ def _run(cfg, resume: bool) -> None:  # noqa: ANN001
         f"{cfg.stage}: step {result.step}/{cfg.steps} ({result.reason}), {result.seconds:.0f} s, "
         f"checkpoint {result.checkpoint}", highlight=False,
     )
+
+
+def _existing(path: Path | None) -> str:
+    """--init as a config string ("" = none); a missing file is a one-line error, not a traceback."""
+    if path is None:
+        return ""
+    if not path.is_file():
+        raise UsageError(f"--init {path}: no such file")
+    return str(path)
 
 
 def _check_recipe(recipe: str | None) -> None:
@@ -146,6 +159,10 @@ def prior(
         "Share of steps that decode the encoder's pre-quant feature instead of its codes, so the decoder"
         " also handles the off-codebook features VR predicts (0 = plain VQGAN)."
     ))] = 0.0,
+    init: Annotated[Optional[Path], typer.Option("--init", help=(
+        "Start from a prior exported with `train export RUN/prior.pt` (fp16 safetensors; optimiser"
+        " and critic start fresh)."
+    ))] = None,
 ) -> None:
     """Stage 1: train the VQGAN prior (L1 + LPIPS-VGG + PatchGAN + codebook loss) on HQ images."""
     cfg = _base("prior", data, out, preset, steps, batch_size, lr, seed, max_minutes, ckpt_every, device, workers, size)
@@ -153,6 +170,7 @@ def prior(
         raise UsageError("prior: --preset is required (e.g. face-s, face-tiny, sr-x4-s, sr-tiny)")
     cfg.prior.disc_start = disc_start
     cfg.prior.continuous_prob = continuous_prob
+    cfg.prior.init = _existing(init)
     _run(cfg, resume)
 
 
@@ -192,6 +210,7 @@ def code(
     device: DeviceOpt = "auto",
     workers: Workers = 2,
     size: Size = 0,
+    init: InitWeights = None,
 ) -> None:
     """Stage 2: train the LQ encoder, transformer and head with the prior frozen (fidelity 0)."""
     _check_recipe(recipe)
@@ -203,6 +222,7 @@ def code(
     cfg.code.oracle_weight = oracle_weight
     cfg.code.precondition = precondition.value  # type: ignore[assignment]
     cfg.code.vr_init = vr_init.value
+    cfg.code.init_weights = _existing(init)
     _run(cfg, resume)
 
 
@@ -224,6 +244,7 @@ def fidelity(
     workers: Workers = 2,
     size: Size = 0,
     disc_start: DiscStart = 2000,
+    init: InitWeights = None,
 ) -> None:
     """Stage 3: train the fusion blocks (and fine-tune encoder/transformer) with image losses at a
     fidelity weight drawn per sample in [0, 1]."""
@@ -232,12 +253,16 @@ def fidelity(
     cfg.fidelity.init = str(code_ckpt)
     cfg.fidelity.recipe = recipe or ""
     cfg.fidelity.disc_start = disc_start
+    cfg.fidelity.init_weights = _existing(init)
     _run(cfg, resume)
 
 
 @app.command("export")
 def export(
-    checkpoint: Annotated[Path, typer.Argument(help="A code.pt or fidelity.pt training checkpoint.")],
+    checkpoint: Annotated[Path, typer.Argument(help=(
+        "A code.pt or fidelity.pt training checkpoint (-> restorer), or a prior.pt (-> VQAutoEncoder"
+        " safetensors for `train prior --init`)."
+    ))],
     output: Annotated[Path, typer.Option("--output", "-o", help="The .safetensors file to write.")],
     dtype: Annotated[ExportDtype, typer.Option("--dtype", help=(
         "Storage precision of the exported weights."

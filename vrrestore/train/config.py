@@ -27,6 +27,7 @@ class PriorOptions:
     # Share of steps that decode the pre-quant feature instead of its codes. 0 = plain VQGAN. VR feeds
     # the decoder w @ C, an off-codebook feature; a decoder that never saw one may decode it badly.
     continuous_prob: float = 0.0
+    init: str = ""  # a prior .safetensors (train export) to start from: short GPU windows carry only that
 
 
 @dataclass
@@ -54,6 +55,7 @@ class CodeOptions:
     ce_weight: float = 0.5
     feat_weight: float = 1.0
     lq_feat_weight: float = 1.0
+    init_weights: str = ""  # an exported restorer .safetensors whose non-prior weights start this stage
 
 
 @dataclass
@@ -71,6 +73,7 @@ class FidelityOptions:
     disc_start: int = 2000
     code_weight: float = 1.0
     detach_code: bool = True
+    init_weights: str = ""  # an exported restorer .safetensors whose non-prior weights replace the code stage's
 
 
 @dataclass

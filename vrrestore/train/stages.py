@@ -217,7 +217,14 @@ class PriorStage(StageBase):
         if not cfg.preset:
             raise UsageError("the prior stage needs --preset (e.g. face-s, face-tiny, sr-x4-s, sr-tiny)")
         self.vq_cfg: VQConfig = get_preset(cfg.preset).prior
-        self.vq = VQAutoEncoder(self.vq_cfg).to(rt.device)
+        self.vq = VQAutoEncoder(self.vq_cfg)
+        if cfg.prior.init:
+            from .export import check_prior_fits, load_prior_file
+
+            init_vq, _ = load_prior_file(cfg.prior.init)
+            check_prior_fits(init_vq, self.vq_cfg, cfg.prior.init)
+            self.vq.load_state_dict(init_vq.state_dict())
+        self.vq.to(rt.device)
         self.disc = PatchDiscriminator(width=disc_width(self.vq_cfg)).to(rt.device)
         self.nets = {"vq": self.vq, "disc": self.disc}
         self.net = self.wrap(PriorNet(self.vq))
@@ -473,6 +480,10 @@ class CodeStage(_RestorerStage):
             nn.init.zeros_(self.restorer.predictor.head.proj.weight)
         elif o.vr_init not in ("model", "zero"):
             raise UsageError(f"vr_init {o.vr_init!r}: expected model or zero")
+        if o.init_weights:  # before whitening: exported heads are plain (folded)
+            from .export import load_restorer_weights
+
+            load_restorer_weights(self.restorer, o.init_weights)
         if o.precondition == "whiten" and o.head == "vr":
             plain = whiten_heads(self.restorer)
             self.restorer.predictor.head.to(rt.device).init_from(plain, self.restorer.codebook)
@@ -519,6 +530,12 @@ class FidelityStage(_RestorerStage):
         self.recipe = fo.recipe or code_cfg.code.recipe or default_recipe(model_cfg)
         self.setup_restorer(meta, meta.get("precondition", "none"))
         self.restorer.load_state_dict(init_state["ema"]["model"])
+        if fo.init_weights:
+            if self.precondition == "whiten" and self.model_cfg.head == "vr":
+                raise UsageError("fidelity --init: not supported after a whitened code stage; pass --init to `train code`")
+            from .export import load_restorer_weights
+
+            load_restorer_weights(self.restorer, fo.init_weights)
         self.freeze_prior_parts()
         prior = VQAutoEncoder(self.model_cfg.prior)
         prior.load_state_dict(init_state["frozen"]["prior"])
