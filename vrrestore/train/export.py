@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 from torch import nn
 
 from .. import __version__
-from ..checkpoint import _DTYPES, load_checkpoint, save_checkpoint
+from ..checkpoint import _DTYPES, load_checkpoint, save_checkpoint, write_safetensors
 from ..errors import UsageError
 from ..models.config import config_from_dict, config_to_dict
 from ..models.descriptor import architecture_of
@@ -72,17 +70,7 @@ def export_prior(state: dict[str, Any], out: str | os.PathLike[str], dtype: str,
         "vrrestore_version": __version__,
         "training": json.dumps({**state.get("summary", {}), "source": source}),
     }
-    path = Path(out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return write_safetensors(tensors, out, metadata)
 
 
 def load_prior_file(path: str | os.PathLike[str]) -> tuple[VQAutoEncoder, dict[str, str]]:
