@@ -120,7 +120,7 @@ def bench_restore(presets: list[str], batches: list[int], device: torch.device, 
         for b in batches:
             x = torch.rand(b, 3, s, s, device=device)
             try:
-                times = timed(lambda x=x: desc(x, 0.5, precision), repeats, warmup=2 if cuda else 1, cuda=cuda)  # type: ignore[arg-type]
+                times = timed(lambda x=x, d=desc: d(x, 0.5, precision), repeats, warmup=2 if cuda else 1, cuda=cuda)  # type: ignore[arg-type]
             except torch.OutOfMemoryError:
                 res[f"{name}_b{b}"] = "out of memory"
                 torch.cuda.empty_cache()

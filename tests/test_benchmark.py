@@ -12,7 +12,6 @@ import json
 import sys
 import types
 import zlib
-from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
@@ -29,6 +28,9 @@ from vrrestore.errors import UsageError
 from vrrestore.metrics.fidelity import psnr, ssim
 from vrrestore.metrics.lpips import package_checkpoint
 from vrrestore.models import build_model, preset
+
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 runner = CliRunner()
 HAVE_LPIPS = package_checkpoint("alex") is not None
@@ -50,15 +52,6 @@ def _seed(base: int, *parts: object) -> int:
 
 
 _REAL_DEGRADATIONS = bm._load_degradations
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """On a shared 2-core machine OpenMP spinning makes 2-thread convs up to 100x slower; 1 is steady."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(autouse=True)

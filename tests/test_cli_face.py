@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -20,23 +19,12 @@ from vrrestore.cli import app
 from vrrestore.errors import WeightsError
 from vrrestore.models import build_model, preset
 
+
+pytestmark = pytest.mark.usefixtures("yuface_one_omp_thread")
+
 skdata = pytest.importorskip("skimage.data")
 pytest.importorskip("yuface")
 runner = CliRunner()
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_omp_thread():
-    """Load yuface's own libgomp single-threaded (see test_face_detect.py)."""
-    old = os.environ.get("OMP_NUM_THREADS")
-    os.environ["OMP_NUM_THREADS"] = "1"
-    import yuface  # noqa: F401
-
-    yield
-    if old is None:
-        os.environ.pop("OMP_NUM_THREADS", None)
-    else:
-        os.environ["OMP_NUM_THREADS"] = old
 
 
 @pytest.fixture(autouse=True)

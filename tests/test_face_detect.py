@@ -19,6 +19,9 @@ from vrrestore.face import detect as D
 from vrrestore.face import retinaface as R
 from vrrestore.face.detect import DetectorUnavailable, Face, draw_faces, make_detector, resolve_detector, select_faces
 
+
+pytestmark = pytest.mark.usefixtures("yuface_one_omp_thread")
+
 skdata = pytest.importorskip("skimage.data")
 
 # Hand-checked on an 8x nearest-neighbour zoom of skimage's astronaut with a 5 px grid (x, y):
@@ -27,23 +30,6 @@ ASTRONAUT_POINTS = np.array([[202, 101], [246, 103], [223, 128], [202, 140], [24
 # grace_hopper.jpg (matplotlib sample data): dlib-68 / MediaPipe FaceMesh consensus from shared/notes/deps.md
 # (not hand-checked here: matplotlib is not installed in this venv, so that case is skipped).
 GRACE_POINTS = np.array([[223, 192], [306, 188], [267, 240], [232, 281], [301, 277]], dtype=np.float32)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_omp_thread():
-    """yuface's bundled libgomp reads OMP_NUM_THREADS when it is first loaded; spinning threads on a
-    shared 2-core box make it 10x slower, so load it single-threaded."""
-    old = os.environ.get("OMP_NUM_THREADS")
-    os.environ["OMP_NUM_THREADS"] = "1"
-    try:
-        import yuface  # noqa: F401
-    except ImportError:
-        pass
-    yield
-    if old is None:
-        os.environ.pop("OMP_NUM_THREADS", None)
-    else:
-        os.environ["OMP_NUM_THREADS"] = old
 
 
 @pytest.fixture

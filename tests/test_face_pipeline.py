@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 
 import cv2
 import numpy as np
@@ -15,22 +14,11 @@ from vrrestore.face.align import estimate_affine
 from vrrestore.models.descriptor import ModelDescriptor
 from vrrestore.pipelines.face import FaceOptions, FacePipeline, comparison, is_near_gray, resize_background
 
+
+pytestmark = pytest.mark.usefixtures("yuface_one_omp_thread")
+
 skdata = pytest.importorskip("skimage.data")
 pytest.importorskip("yuface")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_omp_thread():
-    """Load yuface's own libgomp single-threaded (see test_face_detect.py)."""
-    old = os.environ.get("OMP_NUM_THREADS")
-    os.environ["OMP_NUM_THREADS"] = "1"
-    import yuface  # noqa: F401
-
-    yield
-    if old is None:
-        os.environ.pop("OMP_NUM_THREADS", None)
-    else:
-        os.environ["OMP_NUM_THREADS"] = old
 
 
 class StandIn(nn.Module):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import sys
 import time
 from pathlib import Path
 
@@ -15,9 +14,9 @@ from fakehub import FakeHub, FakeRepo, entry_dict, write_registry
 from vrrestore import hub as vhub
 from vrrestore import weights as W
 from vrrestore.checkpoint import save_checkpoint
-from vrrestore.cli import main
 from vrrestore.errors import WeightsError
 from vrrestore.models import build_model, preset
+from cli_main import run_main
 
 REPO = "vrr/faces"
 FILE = "vr-face-tiny.safetensors"
@@ -66,17 +65,7 @@ def use(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, hub: FakeHub, entries: 
     monkeypatch.setenv("HF_ENDPOINT", hub.url)
 
 
-def cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    """Run the real console entry point; returns (exit code, stdout, stderr)."""
-    capsys.readouterr()
-    monkeypatch.setattr(sys, "argv", ["vrrestore", *args])
-    try:
-        main()
-        code = 0
-    except SystemExit as ex:
-        code = int(ex.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
+cli = run_main
 
 
 def test_download_then_cache_hit_makes_zero_requests(monkeypatch, tmp_path, fake, ckpt_bytes) -> None:

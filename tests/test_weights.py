@@ -13,7 +13,6 @@ import json
 import os
 import pickle
 import shutil
-import sys
 from pathlib import Path
 
 import huggingface_hub.constants as hf_constants
@@ -25,9 +24,9 @@ from fakehub import entry_dict, write_registry
 from vrrestore import weights as W
 from vrrestore.cache import cache_dir
 from vrrestore.checkpoint import load_checkpoint, read_metadata, save_checkpoint
-from vrrestore.cli import main
 from vrrestore.errors import WeightsError
 from vrrestore.models import build_model, preset
+from cli_main import run_main
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -59,16 +58,7 @@ def ckpts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     }
 
 
-def cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    capsys.readouterr()
-    monkeypatch.setattr(sys, "argv", ["vrrestore", *args])
-    try:
-        main()
-        code = 0
-    except SystemExit as ex:
-        code = int(ex.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
+cli = run_main
 
 
 def registry(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, entries: list[dict[str, object]]) -> Path:
