@@ -1,6 +1,7 @@
 """Cost of every preset with the VR and VQ heads: parameters, GFLOPs, CPU fp32 latency, head share.
 
 Run:  python bench/models.py [--runs 3] [--base-runs 1] [--presets face-s,face-base] [--heads vr,vq]
+      python bench/models.py --cpu-vs-base   # face-cpu at auto and fp32 vs face-base, ms per face
 
 Each model runs at its preset's native size (faces: prior.img_size; SR: an LR of img_size // scale)
 with batch 1 in fp32 under inference mode. Latency is the median of ``--runs`` timed forwards after
@@ -77,6 +78,36 @@ def measure(name: str, arch: str, cfg: Any, runs: int) -> dict[str, Any]:
     }
 
 
+def cpu_vs_base(runs: int, base_runs: int) -> None:
+    """face-cpu (the release model) in ms per aligned face at --precision auto and fp32, against
+    face-base (CodeFormer's geometry) at both, in one run; target: <= 1/50 of face-base's latency."""
+    from vrrestore.models.descriptor import describe
+    from vrrestore.precision import decide
+
+    verdict = decide(torch.device("cpu"), "auto")
+    print(f"auto on this CPU = {verdict.precision} ({verdict.reason})")
+    ms: dict[tuple[str, str], float] = {}
+    for name in ("face-cpu", "face-base"):
+        torch.manual_seed(0)
+        cfg = face_presets()[name]
+        desc = describe(build_model("FaceRestorer", cfg).eval())
+        desc.cpu_auto = verdict.precision if verdict.precision in ("fp32", "bf16") else "fp32"  # type: ignore[assignment]
+        x = torch.rand(1, 3, cfg.prior.img_size, cfg.prior.img_size)
+        for prec in ("auto", "fp32"):
+            n = base_runs if name == "face-base" else runs
+            ms[(name, prec)] = median_seconds(lambda d=desc, p=prec: d(x, 0.5, p), n) * 1e3  # type: ignore[misc]
+            print(f"<!-- {name} {prec}: {ms[(name, prec)]:.1f} ms -->", flush=True)
+    print("\n| model | input | auto ms/face | fp32 ms/face |\n|---|---:|---:|---:|")
+    for name in ("face-cpu", "face-base"):
+        side = face_presets()[name].prior.img_size
+        print(f"| {name} | {side}x{side} | {ms[(name, 'auto')]:.1f} | {ms[(name, 'fp32')]:.1f} |")
+    best_base = min(ms[("face-base", "auto")], ms[("face-base", "fp32")])
+    ratio = ms[("face-cpu", "auto")] / best_base
+    print(f"\n- face-cpu (auto) / face-base (its faster precision): 1/{1 / ratio:.0f} "
+          f"({'PASS' if ratio <= 1 / 50 else 'FAIL'}, target <= 1/50); face-cpu auto vs fp32: "
+          f"{ms[('face-cpu', 'fp32')] / ms[('face-cpu', 'auto')]:.2f}x faster")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3, help="timed runs per small preset (after one warm-up)")
@@ -84,9 +115,13 @@ def main() -> None:
     parser.add_argument("--presets", default="", help="comma list (default: all face and SR presets)")
     parser.add_argument("--heads", default="vr,vq", help="comma list of heads to compare")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--cpu-vs-base", action="store_true", help="only the face-cpu vs face-base latency comparison")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.cpu_vs_base:
+        cpu_vs_base(args.runs, args.base_runs)
+        return
     table = [(n, "FaceRestorer", c) for n, c in face_presets().items()] + [(n, "SRRestorer", c) for n, c in sr_presets().items()]
     wanted = {p.strip() for p in args.presets.split(",") if p.strip()}
     heads = [h.strip() for h in args.heads.split(",") if h.strip()]

@@ -81,7 +81,7 @@ if [[ -d .carry/test ]]; then
   LPIPS=${VR_LPIPS:-$([[ -n "${VRRESTORE_LPIPS_WEIGHTS:-}" ]] && echo auto || echo none)}
   BDEV=$([[ $DEVICE == auto ]] && echo auto || echo "$DEVICE")
   VR benchmark "${SRC[@]}" --task "$TASK" -m "input,$OUT/$TASK-vr.safetensors,$OUT/$TASK-vq.safetensors" \
-    --lpips "$LPIPS" --device "$BDEV" --repeats 2 --json "$OUT/bench.json" --markdown "$OUT/bench.md" > "$RUN/bench.txt" 2>&1 \
+    --lpips "$LPIPS" --device "$BDEV" --repeats 2 --json-file "$OUT/bench.json" --markdown "$OUT/bench.md" > "$RUN/bench.txt" 2>&1 \
     || { tail -n 20 "$RUN/bench.txt"; echo "error: benchmark failed" >&2; exit 4; }
 fi
 

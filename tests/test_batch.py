@@ -4,15 +4,21 @@ from __future__ import annotations
 
 import io
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-
 from rich.console import Console
 
-from vrrestore.batch import BatchOptions, collect_inputs, plan_batch, report_progress, run_batch
+from vrrestore.batch import (
+    BatchOptions,
+    collect_inputs,
+    plan_batch,
+    report_progress,
+    run_batch,
+)
 from vrrestore.errors import DeviceError, InputError, UsageError, WeightsError
 from vrrestore.io import Image, read_image, write_image
 
@@ -276,5 +282,120 @@ def test_progress_shows_files_and_tiles_on_a_terminal_only(tree: Path, tmp_path:
     assert run_batch([str(tree / "a.png")], BatchOptions(output=tmp_path / "o"), with_tiles, task="demo", console=term) == 0
     assert "demo a.png" in buf.getvalue() and "tiles" in buf.getvalue()
     assert run_batch([str(tree / "b.jpg")], BatchOptions(output=tmp_path / "o"), with_tiles, task="demo") == 0
-    err = capsys.readouterr().err  # not a terminal: the summary only, no bars
-    assert "demo" in err and "tiles" not in err and "b.jpg" not in err
+    err = capsys.readouterr().err  # not a terminal: log lines, no bars (no spinner, no ANSI)
+    assert "\x1b[" not in err and "━" not in err
+    assert "demo [1/1]" in err and "b.jpg: ok" in err
+
+
+def test_log_lines_per_file_with_eta_when_stderr_is_not_a_terminal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from vrrestore import batch
+
+    for k in range(4):
+        make_image(tmp_path / "in" / f"{k}.png")
+    clock = [1000.0]
+    monkeypatch.setattr(batch.time, "monotonic", lambda: clock[0])
+
+    def ten_seconds_each(i: Path, o: Path) -> dict[str, Any]:
+        clock[0] += 10.0
+        for k in range(1, 4):
+            report_progress(k, 3, "tiles")
+        return invert(i, o)
+
+    (tmp_path / "out").mkdir()
+    invert(tmp_path / "in" / "0.png", tmp_path / "out" / "0.png")  # already done: skipped, costs no time
+    assert run_batch([str(tmp_path / "in")], BatchOptions(output=tmp_path / "out"), ten_seconds_each, task="demo") == 0
+    lines = capsys.readouterr().err.splitlines()
+    files = [ln for ln in lines if ln.startswith("demo [")]
+    assert len(files) == 4 and "0.png: skipped" in files[0] and "ETA unknown" in files[0]
+    assert "1.png: ok in 10.0 s" in files[1] and "0:10 elapsed, ETA 0:20" in files[1]  # 2 left at 10 s each
+    assert files[3].endswith("0:30 elapsed, ETA 0:00")
+    assert lines[-1] == "vrrestore demo: 4 file(s) in 30.0 s: 3 ok, 1 skipped, 0 failed"  # one line, no table
+    assert not any("tiles 1/3" in ln for ln in lines)  # within a file: at most one line per LOG_EVERY seconds
+
+    monkeypatch.setattr(batch, "LOG_EVERY", 5.0)
+
+    def slow_tiles(i: Path, o: Path) -> dict[str, Any]:
+        for k in range(1, 4):
+            clock[0] += 6.0
+            report_progress(k, 3, "tiles")
+        return invert(i, o)
+
+    assert run_batch([str(tmp_path / "in" / "1.png")], BatchOptions(output=tmp_path / "o2"), slow_tiles, task="demo") == 0
+    err = capsys.readouterr().err
+    assert "demo [1/1] 1.png: tiles 1/3, file ETA 0:12" in err and "tiles 2/3, file ETA 0:06" in err
+
+
+def test_prepare_runs_once_only_when_there_is_work_and_its_errors_stop_the_batch(
+    tree: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    calls: list[int] = []
+
+    def prepare() -> None:
+        calls.append(1)
+
+    out = tmp_path / "o"
+    assert run_batch([str(tree)], BatchOptions(output=out), invert, task="t", prepare=prepare) == 0
+    assert calls == [1]
+    assert run_batch([str(tree)], BatchOptions(output=out), invert, task="t", prepare=prepare) == 0
+    assert calls == [1]  # everything skipped: no model load, no device needed
+
+    def no_weights() -> None:
+        raise WeightsError("no trained face model is available yet; pass --model PATH")
+
+    capsys.readouterr()
+    code = run_batch([str(tree)], BatchOptions(output=tmp_path / "o2", json=True), invert, task="t", prepare=no_weights)
+    captured = capsys.readouterr()
+    report = json.loads(captured.out)
+    assert code == 3 and report["exit_code"] == 3 and "pass --model PATH" in report["error"]
+    assert [f["status"] for f in report["files"]] == ["not_run", "not_run"] and not (tmp_path / "o2").exists()
+
+
+def test_unwritable_output_is_a_usage_error_before_any_work(tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    from vrrestore import batch
+
+    calls: list[Path] = []
+
+    def counting(i: Path, o: Path) -> dict[str, Any]:
+        calls.append(i)
+        return invert(i, o)
+
+    (tmp_path / "file").write_text("not a folder")
+    capsys.readouterr()
+    assert run_batch([str(tree)], BatchOptions(output=tmp_path / "file" / "out", json=True), counting, task="t") == 2
+    captured = capsys.readouterr()
+    assert calls == [] and "is a file, not a folder" in captured.err and len(captured.err.strip().splitlines()) == 1
+    assert json.loads(captured.out)["exit_code"] == 2
+
+    real_open = os.open
+
+    def read_only(path: Any, flags: int, mode: int = 0o777) -> int:
+        if ".vrrestore-write-test." in str(path):
+            raise PermissionError(13, "Permission denied")
+        return real_open(path, flags, mode)
+
+    monkeypatch.setattr(batch.os, "open", read_only)
+    assert run_batch([str(tree)], BatchOptions(output=tmp_path / "ro"), counting, task="t") == 2
+    err = capsys.readouterr().err
+    assert calls == [] and "cannot write in" in err and "Permission denied" in err and ".tmp" not in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_input_folder_that_is_the_output_folder_says_so(tree: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run_batch([str(tree)], BatchOptions(output=tree, suffix="_x"), invert, task="t") == 2
+    err = capsys.readouterr().err
+    assert "is the output folder" in err and "--recursive" not in err and "pass another --output" in err
+    with pytest.raises(UsageError, match="is the output folder or inside it"):
+        plan_batch([str(tree / "sub")], BatchOptions(output=tree))
+
+
+def test_contradictory_or_impossible_outputs_are_usage_errors(tree: Path, tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="--suffix '_x' names outputs in a folder"):
+        plan_batch([str(tree / "a.png")], BatchOptions(output=tmp_path / "one.png", suffix="_x"))
+    for name in ("x.gif", "x.HEIC", "x.avif"):
+        with pytest.raises(UsageError, match=f"cannot write .{name.split('.')[1].lower()} files"):
+            plan_batch([str(tree)], BatchOptions(output=tmp_path / name))
+        assert not (tmp_path / name).exists()
+    assert plan_batch([str(tree / "a.png")], BatchOptions(output=tmp_path / "v1.2"))[0][1] == tmp_path / "v1.2" / "a.png"

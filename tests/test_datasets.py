@@ -102,8 +102,9 @@ def test_corrupt_files_are_skipped_with_one_warning_each(
     assert len(warnings) == 2
     assert any("broken.png" in w for w in warnings) and any("empty.jpg" in w for w in warnings)
     assert "grfmt" not in capfd.readouterr().err  # no extra native OpenCV chatter
-    reported = [name for it in items for name in str(it["skipped"]).split("\n") if name]
-    assert sorted(Path(n).name for n in reported) == ["broken.png", "empty.jpg"]  # in the batch once each, too
+    reported = [line for it in items for line in str(it["skipped"]).split("\n") if line]
+    # in the batch once each too, as "NAME: why"
+    assert sorted(Path(line.split(": ", 1)[0]).name for line in reported) == ["broken.png", "empty.jpg"]
 
 
 def test_gray_alpha_and_16bit_images_decode_to_rgb_float(tmp_path: Path) -> None:
@@ -139,3 +140,45 @@ def test_sampler_resumes_mid_epoch_and_shards_across_ranks() -> None:
     assert isinstance(r0, torch.utils.data.distributed.DistributedSampler)
     odd = SeededSampler(5, 0, num_replicas=2, rank=1)
     assert len(list(odd)) == 3  # padded to a multiple of the world size
+
+
+# ------------------------------------------------------------------------------- decompression bombs
+
+
+def _png_header_only(width: int, height: int) -> bytes:
+    """A PNG that claims width x height pixels with almost no data: what a bomb looks like before decoding."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 1000)) + chunk(b"IEND", b"")
+
+
+def test_decompression_bomb_in_a_training_set_is_skipped_with_the_reason(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    write_images(tmp_path, 2)
+    (tmp_path / "bomb.png").write_bytes(_png_header_only(30000, 30000))
+    ds = RestorationDataset([tmp_path], size=32, mode="crop")
+    with caplog.at_level(logging.WARNING, logger="vrrestore.data"):
+        items = [ds[(i, i)] for i in range(len(ds))]
+    assert all(it["gt"].shape == (3, 32, 32) for it in items)
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 1 and "bomb.png" in warnings[0] and "decompression bomb" in warnings[0]
+    assert "30000x30000" in warnings[0] and "VRRESTORE_MAX_PIXELS" in warnings[0]
+
+
+def test_training_reads_obey_the_same_pixel_limit_as_face_and_image(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from vrrestore.errors import InputError
+
+    (path,) = write_images(tmp_path, 1, size=40)  # 40 x 48 = 1920 pixels of noise
+    data = path.read_bytes()
+    assert decode_image(data) is not None
+    monkeypatch.setenv("VRRESTORE_MAX_PIXELS", "1000")  # inherited by loader workers, like any env var
+    with pytest.raises(InputError, match="decompression bomb"):
+        decode_image(data, "img00.png")
+    monkeypatch.setenv("VRRESTORE_MAX_PIXELS", "0")  # 0 = no limit
+    assert decode_image(data) is not None

@@ -330,6 +330,7 @@ def test_decoding_turns_planted_outputs_into_boxes_and_landmarks(cache, monkeypa
     pts = torch.tensor([-2.0, -1.0, 2.0, -1.0, 0.0, 0.0, -1.5, 1.5, 1.5, 1.5])
     landm[a] = pts
     landm[b] = pts
+    landm[c] = pts  # all-zero offsets would put the 5 points on one spot: not a face, and dropped
     planted = (loc[None], logits[None], landm[None])
     seen = []
 

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from vrrestore.cli import app
 from vrrestore.train import ckpt
-from vrrestore.train.export import load_prior_file
+from vrrestore.train.files import load_prior_file
 
 runner = CliRunner()
 FAST = ["--preset", "face-tiny", "--batch-size", "2", "--workers", "0", "--device", "cpu", "--steps", "1"]

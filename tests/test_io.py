@@ -15,7 +15,17 @@ from PIL import Image as PILImage
 from PIL import ImageCms, ImageOps
 
 from vrrestore.errors import InputError, UsageError
-from vrrestore.io import SUPPORTED_EXTS, Image, atomic_write, fill_transparent, quantize, read_image, resize_alpha, write_image
+from vrrestore.io import (
+    SUPPORTED_EXTS,
+    Image,
+    atomic_write,
+    fill_transparent,
+    pixel_limit,
+    quantize,
+    read_image,
+    resize_alpha,
+    write_image,
+)
 
 ICC = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
 RNG = np.random.default_rng(0)
@@ -268,12 +278,47 @@ def test_decompression_bomb_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     p = _bad(tmp_path, "bomb.png", b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
     with pytest.raises(InputError, match="decompression bomb") as ei:
         read_image(p)
-    assert str(p) in str(ei.value) and "\n" not in str(ei.value)
-    # and the limit is Pillow's, so a lower one is obeyed too
+    msg = str(ei.value)
+    assert str(p) in msg and "\n" not in msg and "60000x60000" in msg
+    assert "--max-pixels 3600000000" in msg and "VRRESTORE_MAX_PIXELS=3600000000" in msg  # the way out
+    # an explicit limit (flag or env var) replaces the default rule, lower or higher
     write_image(Image(rand((40, 40, 3), np.uint8)), tmp_path / "ok.png")
-    monkeypatch.setattr(PILImage, "MAX_IMAGE_PIXELS", 1000)
+    with pytest.raises(InputError, match="decompression"):
+        read_image(tmp_path / "ok.png", max_pixels=1000)
+    monkeypatch.setenv("VRRESTORE_MAX_PIXELS", "1000")
     with pytest.raises(InputError, match="decompression"):
         read_image(tmp_path / "ok.png")
+    assert read_image(tmp_path / "ok.png", max_pixels=1600).size == (40, 40)  # the flag beats the env var
+    monkeypatch.setenv("VRRESTORE_MAX_PIXELS", "0")  # 0 = no limit
+    assert read_image(tmp_path / "ok.png").size == (40, 40)
+    monkeypatch.setenv("VRRESTORE_MAX_PIXELS", "lots")
+    with pytest.raises(UsageError, match="VRRESTORE_MAX_PIXELS=lots"):
+        read_image(tmp_path / "ok.png")
+
+
+def test_big_real_photos_pass_and_bombs_do_not_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("VRRESTORE_MAX_PIXELS", raising=False)
+    # A 90 MP camera JPEG is ~30 MB; our x4 output of it (1.44 GP) as a q95 JPEG ~200 MB.
+    assert pixel_limit(30_000_000) >= 90_000_000 and pixel_limit(200_000_000) >= 1_440_000_000
+    assert pixel_limit(10) >= 96_000_000  # whatever the file size, up to 256 MP is never refused
+    # The 30000 x 30000 PNG of the report: 2.6 MB of deflated zeros claiming 900 MP.
+    assert pixel_limit(2_600_000) < 900_000_000
+    assert pixel_limit(10, max_pixels=0) is None and pixel_limit(10**9, max_pixels=5) == 5
+
+
+def test_our_own_outputs_read_back_above_the_default_pixel_count(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Scaled down: with the default at 1,000 pixels, a 64 x 64 restored-looking photo (noise) still reads,
+    because its file holds far more than one byte per 16 pixels; a flat image of that size does not."""
+    import vrrestore.io as vio
+
+    monkeypatch.delenv("VRRESTORE_MAX_PIXELS", raising=False)
+    monkeypatch.setattr(vio, "DEFAULT_MAX_PIXELS", 1000)
+    for ext in ("png", "jpg", "webp", "tiff"):
+        write_image(Image(rand((64, 64, 3), np.uint8)), tmp_path / f"out.{ext}", quality=95)
+        assert read_image(tmp_path / f"out.{ext}").size == (64, 64)
+    write_image(Image(np.zeros((64, 64, 3), np.uint8)), tmp_path / "flat.png")
+    with pytest.raises(InputError, match="decompression bomb"):
+        read_image(tmp_path / "flat.png")
 
 
 def test_write_refuses_unknown_suffix(tmp_path: Path) -> None:
@@ -309,6 +354,56 @@ def test_written_file_mode_follows_umask(tmp_path: Path) -> None:
     finally:
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "x.png").stat().st_mode) == 0o644
+
+
+def test_stale_temp_of_a_killed_writer_is_removed_and_a_live_one_kept(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout.strip()
+    stale = tmp_path / f".out.png.{dead}-0123abcd.tmp"  # left by a writer killed with SIGKILL
+    live = tmp_path / f".out.png.{os.getppid()}-0123abcd.tmp"  # a writer that is still running
+    other = tmp_path / f".other.png.{dead}-0123abcd.tmp"  # another file's: not ours to judge here
+    for t in (stale, live, other):
+        t.write_bytes(b"partial")
+    write_image(Image(rand((4, 4, 3), np.uint8)), tmp_path / "out.png")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["out.png", live.name, other.name])
+
+
+def test_write_error_names_the_output_not_the_temp_file(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("a file where a folder should be")
+    with pytest.raises(InputError) as ei:
+        write_image(Image(rand((4, 4, 3), np.uint8)), tmp_path / "file" / "x.png")
+    msg = str(ei.value)
+    assert msg.startswith(str(tmp_path / "file" / "x.png")) and ".tmp" not in msg and "cannot write" in msg
+
+
+@pytest.mark.parametrize("ext", ["png", "jpg", "webp", "tiff", "bmp"])
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_xmp_and_dpi_survive_and_dpi_follows_the_upscale(tmp_path: Path, ext: str, dtype: type) -> None:
+    xmp = (b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+           b'<rdf:Description xmlns:dc="http://purl.org/dc/elements/1.1/" dc:creator="me"/></rdf:RDF></x:xmpmeta>')
+    src = Image(rand((H, W, 3), dtype), xmp=xmp, dpi=(300.0, 150.0))
+    up = src.replace(np.zeros((2 * H, 2 * W, 3), np.float32), scale=2)
+    assert up.dpi == (600.0, 300.0) and up.xmp == xmp  # same print size, twice the pixels
+    write_image(up, tmp_path / f"o.{ext}")
+    back = read_image(tmp_path / f"o.{ext}")
+    assert back.xmp == (None if ext == "bmp" else xmp)  # BMP has no place for XMP
+    if ext == "webp":
+        assert back.dpi is None  # WebP has no resolution field
+    else:
+        assert back.dpi == pytest.approx((600.0, 300.0), abs=0.02)  # PNG stores pixels per metre
+
+
+def test_xmp_orientation_is_reset_with_the_pixels(tmp_path: Path) -> None:
+    xmp = (b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+           b'<rdf:Description xmlns:tiff="http://ns.adobe.com/tiff/1.0/" tiff:Orientation="6"/></rdf:RDF></x:xmpmeta>')
+    PILImage.fromarray(rand((H, W, 3), np.uint8)).save(tmp_path / "r.jpg", xmp=xmp, exif=exif_bytes(6), dpi=(300, 100))
+    img = read_image(tmp_path / "r.jpg")
+    assert img.size == (H, W) and b'tiff:Orientation="1"' in (img.xmp or b"")
+    assert img.dpi == (100.0, 300.0)  # the axes turn with the pixels
+    write_image(img, tmp_path / "again.jpg")
+    assert read_image(tmp_path / "again.jpg").size == (H, W)  # upright once, never turned twice
 
 
 # ---------------------------------------------------------------------------- Image helpers

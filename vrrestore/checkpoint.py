@@ -9,18 +9,18 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save
 from torch import nn
 
 from . import __version__
-from .errors import CheckpointError
+from .errors import CheckpointError, UsageError
 from .models.descriptor import ModelDescriptor, architecture_of, build_model, describe
+from .precision import decide as decide_precision
 
 FORMAT = "vrrestore"
 FORMAT_VERSION = "1"
@@ -34,8 +34,12 @@ def save_checkpoint(
     dtype: str = "fp32",
     training: dict[str, Any] | None = None,
     extra: dict[str, str] | None = None,
+    overwrite: bool = True,
 ) -> Path:
-    """Write ``model`` atomically as a vrrestore safetensors file (floating tensors cast to ``dtype``)."""
+    """Write ``model`` atomically as a vrrestore safetensors file (floating tensors cast to ``dtype``).
+
+    ``overwrite=False`` refuses an existing file (UsageError) instead of replacing it.
+    """
     if dtype not in _DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(_DTYPES)}, not {dtype!r}")
     arch, cfg = architecture_of(model)
@@ -55,23 +59,24 @@ def save_checkpoint(
         "training": json.dumps(training or {}),
         **(extra or {}),
     }
-    return write_safetensors(tensors, path, meta)
+    return write_safetensors(tensors, path, meta, overwrite=overwrite)
 
 
 def write_safetensors(
-    tensors: dict[str, torch.Tensor], path: str | os.PathLike[str], metadata: dict[str, str]
+    tensors: dict[str, torch.Tensor], path: str | os.PathLike[str], metadata: dict[str, str], *, overwrite: bool = True
 ) -> Path:
-    """Write a safetensors file atomically (temp file in the same folder, then rename)."""
+    """Write a safetensors file atomically (temp file in the same folder, then rename).
+
+    The file gets mode 0o666 minus the umask, like any file the user creates (mkstemp's 0o600 made
+    exported weights unreadable to anyone else). ``overwrite=False`` refuses an existing file.
+    """
+    from .io import atomic_write
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    if not overwrite and path.exists():
+        raise UsageError(f"{path} already exists; pass --overwrite to replace it")
+    data = save(tensors, metadata=metadata)  # bytes: safetensors' own save_file makes 0o600 files
+    atomic_write(path, lambda f: f.write(data))
     return path
 
 
@@ -124,4 +129,7 @@ def load_checkpoint(path: str | os.PathLike[str], device: str | torch.device = "
             + "; the file is damaged or mislabelled"
         )
     model.eval().to(device)
-    return describe(model, metadata=meta)
+    desc = describe(model, metadata=meta)
+    if desc.device.type == "cpu":  # what --precision auto means here: measured once per machine
+        desc.cpu_auto = decide_precision(desc.device, "auto", bf16_ok=desc.supports_bf16).precision  # type: ignore[assignment]
+    return desc

@@ -9,6 +9,12 @@ EXIT_WEIGHTS = 3
 EXIT_DEVICE = 4
 EXIT_INTERRUPTED = 130
 
+# The one wording of the exit codes, shown under `vrrestore face --help` and `vrrestore image --help`.
+EXIT_CODES_HELP = (
+    "Exit codes: 0 all files done (or skipped), 1 some files failed, 2 usage, 3 weights unavailable, "
+    "4 device unavailable, 130 interrupted (Ctrl-C or SIGTERM; finished outputs are kept)."
+)
+
 
 class VRRestoreError(Exception):
     """Base class: ``str(err)`` is a complete one-line message that says what to do."""
@@ -36,3 +42,7 @@ class CheckpointError(WeightsError):
 
 class DeviceError(VRRestoreError):
     exit_code = EXIT_DEVICE
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the program is, so cleanup (temp files, partial outputs) runs as for Ctrl-C."""

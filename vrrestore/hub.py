@@ -62,16 +62,18 @@ def cached_file(repo_id: str, filename: str, revision: str, settings: HubSetting
 
 
 def download_file(
-    repo_id: str, filename: str, revision: str, *, name: str, force: bool = False, settings: HubSettings | None = None
+    repo_id: str, filename: str, revision: str, *, name: str, force: bool = False, settings: HubSettings | None = None,
+    option: str = "--model",
 ) -> Path:
-    """Cache hit (zero requests) or pinned ``hf_hub_download``; any failure is a one-line WeightsError."""
+    """Cache hit (zero requests) or pinned ``hf_hub_download``; any failure is a one-line WeightsError whose
+    hint names ``option``, the flag that takes a local checkpoint instead."""
     s = settings or hub_settings()
     if not force:
         hit = cached_file(repo_id, filename, revision, s)
         if hit is not None:
             return hit
     if s.offline:
-        raise WeightsError(_offline_message(name, s))
+        raise WeightsError(_offline_message(name, s, option))
     from huggingface_hub import hf_hub_download
 
     try:
@@ -81,14 +83,14 @@ def download_file(
         )
     except Exception as err:  # noqa: BLE001 - every failure becomes one actionable line
         raise WeightsError(hub_error_message(err, name=name, repo_id=repo_id, revision=revision, filename=filename,
-                                             settings=s)) from err
+                                             settings=s, option=option)) from err
     return Path(path)
 
 
-def _offline_message(name: str, s: HubSettings) -> str:
+def _offline_message(name: str, s: HubSettings, option: str = "--model") -> str:
     return (
         f"{name} is not in the Hub cache ({s.cache_dir}) and HF_HUB_OFFLINE is set; run "
-        f"`vrrestore weights download {name}` on a connected machine (same HF_HOME), or pass --model PATH"
+        f"`vrrestore weights download {name}` on a connected machine (same HF_HOME), or pass {option} PATH"
     )
 
 
@@ -111,7 +113,8 @@ def _is_connection_error(err: BaseException | None) -> bool:
 
 
 def hub_error_message(
-    err: BaseException, *, name: str, repo_id: str, revision: str, filename: str, settings: HubSettings
+    err: BaseException, *, name: str, repo_id: str, revision: str, filename: str, settings: HubSettings,
+    option: str = "--model",
 ) -> str:
     """One line naming the model, what went wrong and the fix (the mapping diffusers' hub_utils does)."""
     from huggingface_hub.errors import (
@@ -134,27 +137,27 @@ def hub_error_message(
                 "set HF_TOKEN to a token that has access")
     if isinstance(err, RepositoryNotFoundError):
         return (f"{name}: repository {repo_id} was not found on {s.endpoint} (or it is private); check HF_ENDPOINT, "
-                "set HF_TOKEN if the repository is private, or pass --model PATH")
+                f"set HF_TOKEN if the repository is private, or pass {option} PATH")
     if isinstance(err, RevisionNotFoundError):
         return (f"{name}: revision {revision} does not exist in {repo_id} on {s.endpoint}; the registry pins a "
-                "commit the Hub no longer has: upgrade vrrestore or pass --model PATH")
+                f"commit the Hub no longer has: upgrade vrrestore or pass {option} PATH")
     if isinstance(err, RemoteEntryNotFoundError):
         return (f"{name}: {where} on {s.endpoint} has no file {filename}; the registry entry is wrong: upgrade "
-                "vrrestore or pass --model PATH")
+                f"vrrestore or pass {option} PATH")
     if isinstance(err, OfflineModeIsEnabled):
-        return _offline_message(name, s)
+        return _offline_message(name, s, option)
     if isinstance(err, HfHubHTTPError):
         code = getattr(getattr(err, "response", None), "status_code", None)
         if code in (401, 403):
             return (f"{name}: {s.endpoint} refused access to {repo_id} (HTTP {code}); set HF_TOKEN to a valid "
                     "token with read access")
-        return f"{name}: {s.endpoint} answered HTTP {code} for {where}/{filename}; try again later or pass --model PATH"
+        return f"{name}: {s.endpoint} answered HTTP {code} for {where}/{filename}; try again later or pass {option} PATH"
     if isinstance(err, LocalEntryNotFoundError) and isinstance(err.__cause__, FileMetadataError):
         return (f"{name}: {s.endpoint} does not answer like a Hugging Face Hub (missing X-Repo-Commit/ETag "
                 "headers); check HF_ENDPOINT and proxy settings")
     if isinstance(err, LocalEntryNotFoundError) or _is_connection_error(err):
         return (f"{name}: cannot reach {s.endpoint} and {where} is not in the Hub cache ({s.cache_dir}); check "
-                "the network or HF_ENDPOINT, or pass --model PATH")
+                f"the network or HF_ENDPOINT, or pass {option} PATH")
     if isinstance(err, OSError):
         return (f"{name}: could not write {filename} into the Hub cache {s.cache_dir} ({err}); free disk space "
                 "or point HF_HOME at a writable folder")

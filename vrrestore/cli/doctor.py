@@ -69,6 +69,15 @@ def _devices() -> list[str]:
         lines.append("CUDA: not available" + ("" if torch.version.cuda else " (this torch is a CPU build)"))
     mps = getattr(torch.backends, "mps", None)
     lines.append(f"MPS: {'available' if mps is not None and mps.is_available() else 'not available'}")
+    from ..precision import cpu_bf16_flags, decide
+
+    flags = ", ".join(cpu_bf16_flags()) or "none"
+    lines.append(f"CPU bf16 instructions: {flags}")
+    cpu = decide(torch.device("cpu"), "auto")
+    lines.append(f"--precision auto on cpu -> {cpu.precision}: {cpu.reason}")
+    if torch.cuda.is_available():
+        gpu = decide(torch.device("cuda"), "auto")
+        lines.append(f"--precision auto on cuda -> {gpu.precision}: {gpu.reason}")
     return lines
 
 

@@ -14,8 +14,11 @@ from ._options import (
     Ext,
     FailFast,
     Fidelity,
+    FilesFrom,
     Inputs,
     JsonReport,
+    Manifest,
+    MaxPixels,
     Model,
     Output,
     Overwrite,
@@ -23,7 +26,10 @@ from ._options import (
     PrecisionChoice,
     Quality,
     Recursive,
+    Shard,
     Suffix,
+    Threads,
+    threads_applied,
 )
 
 
@@ -60,7 +66,7 @@ def _write_png(path: Path, rgb: Any) -> None:
 
 
 def face(
-    inputs: Inputs,
+    inputs: Inputs = None,
     output: Output = None,
     suffix: Suffix = "",
     ext: Ext = None,
@@ -80,8 +86,12 @@ def face(
     upscale: Annotated[int, typer.Option("--upscale", "-s", min=1, max=8, help="Scale of the output image relative to the input (faces and background).")] = 2,
     bg_upsampler: Annotated[
         BgChoice,
-        typer.Option("--bg-upsampler", help="Background: none = Lanczos resize by --upscale; sr = the default SR model (`vrrestore weights list`; -w applies to it too), then resized to --upscale."),
+        typer.Option("--bg-upsampler", help="Background: none = Lanczos resize by --upscale; sr = the SR model of --bg-model (default: the default SR model of `vrrestore weights list`; -w applies to it too), then resized to --upscale."),
     ] = BgChoice.none,
+    bg_model: Annotated[
+        Optional[str],
+        typer.Option("--bg-model", metavar="NAME|PATH", help="SR model for the background: a name from `vrrestore weights list` or a path to an SR .safetensors checkpoint (e.g. from `vrrestore train`). Implies --bg-upsampler sr."),
+    ] = None,
     faces: Annotated[FacesChoice, typer.Option("--faces", help="Which detected faces to restore: all, the largest, or the one nearest the image centre.")] = FacesChoice.all,
     min_face_size: Annotated[float, typer.Option("--min-face-size", min=0, metavar="PX", help="Leave faces whose box is smaller than this (shorter side, input pixels) untouched.")] = 0.0,
     det_threshold: Annotated[
@@ -93,98 +103,77 @@ def face(
     save_faces: Annotated[bool, typer.Option("--save-faces", help="Also write each restored face to <outdir>/restored_faces/<name>_NN.png.")] = False,
     save_crops: Annotated[bool, typer.Option("--save-crops", help="Also write each aligned input face to <outdir>/cropped_faces/<name>_NN.png.")] = False,
     save_comparison: Annotated[bool, typer.Option("--save-comparison", help="Also write input crop | restored face side by side to <outdir>/comparison/<name>_NN.png.")] = False,
-    draw_boxes: Annotated[bool, typer.Option("--draw-boxes", help="Also write a copy of the input with detection boxes and landmarks to <outdir>/detections/<name>.png.")] = False,
+    draw_boxes: Annotated[bool, typer.Option("--draw-boxes", help="Also write a copy of the input with detection boxes and landmarks to <outdir>/detections/<name>.png (not with --aligned).")] = False,
+    threads: Threads = None,
+    max_pixels: MaxPixels = None,
+    files_from: FilesFrom = None,
+    shard: Shard = None,
+    manifest: Manifest = None,
 ) -> None:
     """Restore the faces in photos: detect them (5 landmarks), align each to the FFHQ template at the
     model's face size, restore all faces of an image in one batch, and paste them back with a
     feathered mask over a background upscaled by --upscale.
 
-    A photo in which no face is found is written with only the background treatment (--upscale,
-    --bg-upsampler), a warning is printed, and it counts as a success (exit code 0).
-    Exit codes: 0 all files done, 1 some file failed, 2 usage, 3 weights or detector unavailable, 4 device.
+    A photo in which no face is found is still upscaled (--upscale, --bg-upsampler) and written, with
+    a warning; it counts as a success (exit code 0). With --aligned there is no detection, so the
+    detection options (--detector, --det-threshold, --faces, --min-face-size, --max-faces,
+    --draw-boxes), --bg-upsampler and --bg-model are refused rather than ignored.
     """
-    from ..batch import BatchOptions, run_batch
+    from ..api import Restorer, RestorerConfig, refuse_with_aligned
+    from ..batch import BatchOptions, fail, run_batch
     from ..errors import VRRestoreError
     from ..face.detect import draw_faces
-    from ..io import read_image, write_image
     from ..pipelines.face import comparison, to_uint8
 
+    opts = BatchOptions(
+        output=output, suffix=suffix, ext=ext, quality=quality, overwrite=overwrite, recursive=recursive,
+        fail_fast=fail_fast, json=json_report, files_from=files_from, shard=shard, manifest=manifest,
+    )
     try:
-        pipeline = _build_pipeline(
-            device=device, precision=precision.value, model=model, fidelity=fidelity, detector=detector,
-            upscale=upscale, bg_upsampler=bg_upsampler, faces=faces.value, min_face_size=min_face_size,
-            det_threshold=det_threshold, max_faces=max_faces, aligned=aligned,
+        config = RestorerConfig(
+            mode="face", model=model, device=device, precision=precision.value, fidelity=fidelity, upscale=upscale,
+            aligned=aligned, detector=detector.value, det_threshold=det_threshold, faces=faces.value,
+            min_face_size=min_face_size, max_faces=max_faces, bg_upsampler=bg_upsampler.value, bg_model=bg_model,
         )
+        if aligned:
+            refuse_with_aligned(config.ignored_by_aligned() + (["--draw-boxes"] if draw_boxes else []))
+        config.check()
     except VRRestoreError as err:
-        err_console.print(f"[red]error:[/red] {err}", highlight=False, soft_wrap=True)
-        raise typer.Exit(err.exit_code) from None
-    det = pipeline.detector
+        raise typer.Exit(fail("face", err, opts, err_console)) from None
+    state: dict[str, Restorer] = {}
+
+    def prepare() -> None:
+        """Device, model, detector and background: loaded once, and only if some file needs work."""
+        state["restorer"] = Restorer(config, log=_say).load()
 
     def process(src: Path, dst: Path) -> dict[str, Any]:
-        img = read_image(src)
-        rgb = img.rgb_float()
-        res = pipeline.run(rgb)
-        write_image(img.replace(res.image, scale=upscale), dst, quality=quality)
+        res = state["restorer"].restore_file(src, dst, quality=quality, max_pixels=max_pixels)
+        assert res.face is not None
         stem, parent = dst.stem, dst.parent
-        for i, (crop, rest) in enumerate(zip(res.crops, res.restored, strict=True)):
+        for i, (crop, rest) in enumerate(zip(res.face.crops, res.face.restored, strict=True)):
             if save_faces:
                 _write_png(parent / EXTRA_DIRS["faces"] / f"{stem}_{i:02d}.png", rest)
             if save_crops:
                 _write_png(parent / EXTRA_DIRS["crops"] / f"{stem}_{i:02d}.png", crop)
             if save_comparison:
                 _write_png(parent / EXTRA_DIRS["comparison"] / f"{stem}_{i:02d}.png", comparison(crop, rest))
-        if draw_boxes and not aligned:
-            _write_png(parent / EXTRA_DIRS["boxes"] / f"{stem}.png", draw_faces(to_uint8(rgb), res.faces))
-        report: dict[str, Any] = {"faces": len(res.restored)}
-        if det is not None:
-            report.update(detector=det.name, detected=res.detected)
-            if not res.faces:
-                what = "no face found" if res.detected == 0 else f"{res.detected} face(s) found, none kept by --faces/--min-face-size/--max-faces"
-                err_console.print(f"[yellow]warning:[/yellow] {src}: {what}; written without face restoration", highlight=False, soft_wrap=True)
-                report["warning"] = what
-        return report
+        if draw_boxes:
+            _write_png(parent / EXTRA_DIRS["boxes"] / f"{stem}.png", draw_faces(to_uint8(res.source.rgb_float()), res.face.faces))
+        if "warning" in res.details:
+            err_console.print(
+                f"[yellow]warning:[/yellow] {src}: {res.details['warning']}; written without face restoration",
+                highlight=False, soft_wrap=True,
+            )
+        return res.details
 
-    opts = BatchOptions(
-        output=output, suffix=suffix, ext=ext, quality=quality, overwrite=overwrite, recursive=recursive,
-        fail_fast=fail_fast, json=json_report,
-    )
-    raise typer.Exit(run_batch(inputs, opts, process, task="face", console=err_console))
+    with threads_applied(threads):
+        code = run_batch(inputs or [], opts, process, task="face", console=err_console, prepare=prepare)
+    raise typer.Exit(code)
 
 
 def _say(message: str) -> None:
-    err_console.print(message, highlight=False, soft_wrap=True)
-
-
-def _build_pipeline(
-    *, device: str, precision: str, model: str | None, fidelity: float, detector: DetectorChoice, upscale: int,
-    bg_upsampler: BgChoice, faces: str, min_face_size: float, det_threshold: float | None, max_faces: int, aligned: bool,
-) -> Any:
-    """Device, face model, detector and background, loaded once before the batch (errors are one line)."""
-    from ..device import select_device
-    from ..errors import UsageError
-    from ..face.detect import make_detector, resolve_detector
-    from ..pipelines.face import FaceOptions, FacePipeline, sr_background
-    from ..weights import load_model
-
-    dev = select_device(device)
-    if dev.type == "cpu" and precision in ("fp16", "bf16"):
-        _say(f"[yellow]warning:[/yellow] --precision {precision} on CPU is 10-300x slower than fp32")
-    descriptor = load_model(model, "face", dev)
-    background = None
-    if bg_upsampler is BgChoice.sr:
-        sr_model = load_model(None, "sr", dev)
-        try:
-            background = sr_background(sr_model, fidelity=fidelity, precision=precision)  # type: ignore[arg-type]
-        except ImportError as err:
-            raise UsageError(f"--bg-upsampler sr: the image pipeline cannot be imported ({err}); use --bg-upsampler none") from None
-    det = None
-    if not aligned:  # last: it may download
-        backend, why = resolve_detector(detector.value)
-        if detector is DetectorChoice.auto:
-            _say(f"detector: {backend} ({why})")
-        det = make_detector(backend, device=dev, threshold=det_threshold, log=_say)
-    options = FaceOptions(
-        fidelity=fidelity, upscale=upscale, precision=precision, faces=faces, min_face_size=min_face_size,  # type: ignore[arg-type]
-        max_faces=max_faces, aligned=aligned,
-    )
-    return FacePipeline(descriptor, det, options, background)
+    """The API's one-line messages on stderr; its warnings in the CLI's colour."""
+    if message.startswith("warning: "):
+        err_console.print(f"[yellow]warning:[/yellow] {message[len('warning: '):]}", highlight=False, soft_wrap=True)
+    else:
+        err_console.print(message, highlight=False, soft_wrap=True)

@@ -14,8 +14,11 @@ from ._options import (
     Ext,
     FailFast,
     Fidelity,
+    FilesFrom,
     Inputs,
     JsonReport,
+    Manifest,
+    MaxPixels,
     Model,
     Output,
     Overwrite,
@@ -23,12 +26,26 @@ from ._options import (
     PrecisionChoice,
     Quality,
     Recursive,
+    Shard,
     Suffix,
+    Threads,
+    threads_applied,
 )
 
 Tile = Annotated[
     int,
-    typer.Option("--tile", min=0, help="Tile side in input pixels; 0 = auto (the model's tile, smaller if GPU memory is short). Halved automatically on out-of-memory."),
+    typer.Option("--tile", min=0, help=(
+        "Tile side in input pixels; 0 = auto: the model's tile, at least 8x the overlap (smaller if GPU memory is "
+        "short). Refused below the model's smallest tile and, on CPU, above what fits in half the memory. "
+        "Halved automatically on out-of-memory."
+    )),
+]
+Outscale = Annotated[
+    Optional[float],
+    typer.Option("--outscale", "-s", min=0.01, max=16.0, help=(
+        "Output size as a multiple of the input (e.g. 2 or 3.5 from an x4 model), as in Real-ESRGAN: the model's "
+        "output is resized to it (area when shrinking, Lanczos when enlarging). Default: the model's scale."
+    )),
 ]
 TileOverlap = Annotated[
     Optional[int],
@@ -37,7 +54,7 @@ TileOverlap = Annotated[
 
 
 def image(
-    inputs: Inputs,
+    inputs: Inputs = None,
     output: Output = None,
     suffix: Suffix = "",
     ext: Ext = None,
@@ -52,53 +69,43 @@ def image(
     fidelity: Fidelity = 0.5,
     tile: Tile = 0,
     tile_overlap: TileOverlap = None,
+    outscale: Outscale = None,
+    threads: Threads = None,
+    max_pixels: MaxPixels = None,
+    files_from: FilesFrom = None,
+    shard: Shard = None,
+    manifest: Manifest = None,
 ) -> None:
-    """Restore and upscale photos (x2/x4 SR model). Keeps alpha, 16-bit, gray, ICC and EXIF.
+    """Restore and upscale photos (x2/x4 SR model, tiled), optionally resized to --outscale. Keeps
+    alpha, 16-bit, gray, ICC, EXIF, XMP and dpi (scaled with the pixels, so the print size stays).
 
-    Exit codes: 0 all ok, 1 some files failed, 2 usage, 3 weights unavailable, 4 device unavailable, 130 interrupted.
+    Images smaller than the model's smallest tile (even 1x1) are padded by edge replication to that
+    tile and the output cropped back, so a 1x1 input gives a 4x4 output with an x4 model.
     """
-    from ..batch import BatchOptions, report_progress, run_batch
-    from ..device import select_device
-
-    try:
-        dev = select_device(device)
-    except VRRestoreError as err:
-        err_console.print(f"[red]error:[/red] {err}", highlight=False, soft_wrap=True)
-        raise typer.Exit(err.exit_code) from None
-    if dev.type == "cpu" and precision in (PrecisionChoice.fp16, PrecisionChoice.bf16):
-        err_console.print(f"[yellow]warning:[/yellow] --precision {precision.value} on CPU is 10-300x slower than fp32", highlight=False)
+    from ..api import Restorer, RestorerConfig
+    from ..batch import BatchOptions, fail, report_progress, run_batch
+    from .face import _say
 
     opts = BatchOptions(
         output=output, suffix=suffix, ext=ext, quality=quality, overwrite=overwrite, recursive=recursive,
-        fail_fast=fail_fast, json=json_report,
+        fail_fast=fail_fast, json=json_report, files_from=files_from, shard=shard, manifest=manifest,
     )
-    state: dict[str, Any] = {}
+    try:
+        config = RestorerConfig(
+            mode="image", model=model, device=device, precision=precision.value, fidelity=fidelity, tile=tile,
+            tile_overlap=tile_overlap, outscale=outscale,
+        ).check()
+    except VRRestoreError as err:
+        raise typer.Exit(fail("image", err, opts, err_console)) from None
+    state: dict[str, Restorer] = {}
 
-    def pipeline() -> Any:
-        """Load the model on first use, so a batch with nothing to do (all skipped, usage error) needs no weights."""
-        if "pipe" not in state:
-            from ..pipelines.image import ImagePipeline
-            from ..weights import load_model
-
-            state["pipe"] = ImagePipeline(
-                load_model(model, "sr", dev), precision=precision.value, tile=tile, overlap=tile_overlap,
-                on_tile=lambda done, total: report_progress(done, total, "tiles"),
-            )
-        return state["pipe"]
+    def prepare() -> None:
+        """Device and model, loaded once and only if some file needs work (all skipped: no weights needed)."""
+        state["restorer"] = Restorer(config, log=_say, on_tile=lambda done, total: report_progress(done, total, "tiles")).load()
 
     def process(inp: Path, out: Path) -> dict[str, Any]:
-        from ..io import read_image, write_image
+        return state["restorer"].restore_file(inp, out, quality=quality, max_pixels=max_pixels).details
 
-        pipe = pipeline()
-        img = read_image(inp)
-        fallbacks, backoffs = pipe.fp32_fallbacks, len(pipe.backoffs)
-        restored = pipe.restore(img, fidelity)
-        write_image(restored, out, quality=quality)
-        return {
-            "size": list(img.size), "output_size": list(restored.size), "scale": pipe.model.scale,
-            "bit_depth": img.bit_depth, "gray": img.is_gray, "alpha": img.alpha is not None,
-            "tile": pipe.tile, "tiles": pipe.tiles_for(img),
-            "tile_backoffs": pipe.backoffs[backoffs:], "fp32_fallbacks": pipe.fp32_fallbacks - fallbacks,
-        }
-
-    raise typer.Exit(run_batch(inputs, opts, process, task="image", console=err_console))
+    with threads_applied(threads):
+        code = run_batch(inputs or [], opts, process, task="image", console=err_console, prepare=prepare)
+    raise typer.Exit(code)

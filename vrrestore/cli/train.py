@@ -7,6 +7,7 @@ load it. Every stage writes RUN_DIR/<stage>.pt and RUN_DIR/log.jsonl; run them u
 
 from __future__ import annotations
 
+import os
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
@@ -15,6 +16,7 @@ import typer
 
 from ..errors import InputError, UsageError
 from ._console import err_console
+from ._options import MaxPixels
 
 app = typer.Typer(
     help="Train models: `prior` (VQGAN on HQ images), `code` (LQ encoder + transformer + head), "
@@ -57,7 +59,7 @@ Data = Annotated[list[Path], typer.Option("--data", help=(
 ))]
 Out = Annotated[Path, typer.Option("--out", "-o", help="Run folder: receives <stage>.pt (checkpoint) and log.jsonl.")]
 PresetOpt = Annotated[Optional[str], typer.Option("--preset", help=(
-    "Model geometry (face-tiny, face-s, face-base, sr-tiny, sr-x4-s, sr-x2-s, sr-x4-base). "
+    "Model geometry (face-cpu, face-tiny, face-s, face-base, sr-x4-cpu, sr-tiny, sr-x4-s, sr-x2-s, sr-x4-base). "
     "Later stages default to the one the earlier stage used."
 ))]
 Steps = Annotated[int, typer.Option("--steps", min=1, help=(
@@ -94,20 +96,55 @@ InitWeights = Annotated[Optional[Path], typer.Option("--init", help=(
     "An exported restorer .safetensors to start from (all but the prior's codebook and decoder), e.g."
     " the previous short GPU window's model."
 ))]
+class TrainPrecision(str, Enum):
+    auto = "auto"
+    fp32 = "fp32"
+    bf16 = "bf16"
+
+
+class PerceptualNet(str, Enum):
+    alex = "alex"
+    vgg = "vgg"
+
+
+PrecisionOpt = Annotated[TrainPrecision, typer.Option("--precision", help=(
+    "auto = bf16 autocast where this machine runs it faster (CUDA with bf16; a CPU with AMX or"
+    " AVX512-BF16 that a timed probe confirms), else fp32; or force fp32 / bf16."
+))]
+Warmup = Annotated[int, typer.Option("--warmup-steps", min=0, help="Linear learning-rate warm-up over this many steps.")]
+Cosine = Annotated[bool, typer.Option("--cosine/--constant", help=(
+    "Cosine decay of the learning rate to 10% at --steps (default: constant after warm-up)."
+))]
+DiscWidth = Annotated[int, typer.Option("--disc-width", min=0, help=(
+    "PatchGAN critic width (0 = follow the prior: min(64, 2 x base channels); 16 on CPUs)."
+))]
+AdaptiveEvery = Annotated[int, typer.Option("--adaptive-every", min=1, help=(
+    "Recompute the adaptive GAN weight (an extra backward through the critic) every N steps."
+))]
+PerceptualOpt = Annotated[PerceptualNet, typer.Option("--perceptual", help=(
+    "LPIPS backbone of the perceptual loss: alex (~1.7 GFLOP per 256 px pair) or vgg (~50)."
+))]
 Recipe = Annotated[Optional[str], typer.Option("--recipe", help=(
     "Degradation recipe for the LQ inputs (face, face-eval, face-large, sr-x4, sr-x2, "
     "bicubic-x4, bicubic-x2); default face / sr-x<scale>."
 ))]
 
 
+def _apply_max_pixels(max_pixels: int | None) -> None:
+    """--max-pixels for training data: through the environment, so DataLoader workers see it too."""
+    if max_pixels is not None:
+        os.environ["VRRESTORE_MAX_PIXELS"] = str(max_pixels)
+
+
 def _base(stage: str, data: list[Path], out: Path, preset: str | None, steps: int, batch_size: int, lr: float,
-          seed: int, max_minutes: float, ckpt_every: int, device: str, workers: int, size: int):  # noqa: ANN202
+          seed: int, max_minutes: float, ckpt_every: int, device: str, workers: int, size: int,
+          precision: TrainPrecision = TrainPrecision.auto, warmup_steps: int = 0, cosine: bool = False):  # noqa: ANN202
     from ..train.config import TrainConfig
 
     return TrainConfig(
         stage=stage, data=tuple(str(p) for p in data), out=str(out), preset=preset or "", steps=steps,  # type: ignore[arg-type]
         batch_size=batch_size, lr=lr, seed=seed, max_minutes=max_minutes, ckpt_every=ckpt_every, device=device,
-        workers=workers, size=size,
+        workers=workers, size=size, precision=precision.value, warmup_steps=warmup_steps, cosine=cosine,
     )
 
 
@@ -163,9 +200,21 @@ def prior(
         "Start from a prior exported with `train export RUN/prior.pt` (fp16 safetensors; optimiser"
         " and critic start fresh)."
     ))] = None,
+    precision: PrecisionOpt = TrainPrecision.auto,
+    warmup_steps: Warmup = 0,
+    cosine: Cosine = False,
+    disc_width: DiscWidth = 0,
+    adaptive_every: AdaptiveEvery = 1,
+    perceptual: PerceptualOpt = PerceptualNet.alex,
+    max_pixels: MaxPixels = None,
 ) -> None:
-    """Stage 1: train the VQGAN prior (L1 + LPIPS-VGG + PatchGAN + codebook loss) on HQ images."""
-    cfg = _base("prior", data, out, preset, steps, batch_size, lr, seed, max_minutes, ckpt_every, device, workers, size)
+    """Stage 1: train the VQGAN prior (L1 + LPIPS + PatchGAN + codebook loss) on HQ images."""
+    _apply_max_pixels(max_pixels)
+    cfg = _base("prior", data, out, preset, steps, batch_size, lr, seed, max_minutes, ckpt_every, device, workers, size,
+                precision, warmup_steps, cosine)
+    cfg.prior.disc_width = disc_width
+    cfg.prior.adaptive_every = adaptive_every
+    cfg.prior.perceptual_net = perceptual.value
     if not cfg.preset and not resume:
         raise UsageError("prior: --preset is required (e.g. face-s, face-tiny, sr-x4-s, sr-tiny)")
     cfg.prior.disc_start = disc_start
@@ -211,10 +260,16 @@ def code(
     workers: Workers = 2,
     size: Size = 0,
     init: InitWeights = None,
+    precision: PrecisionOpt = TrainPrecision.auto,
+    warmup_steps: Warmup = 0,
+    cosine: Cosine = False,
+    max_pixels: MaxPixels = None,
 ) -> None:
     """Stage 2: train the LQ encoder, transformer and head with the prior frozen (fidelity 0)."""
+    _apply_max_pixels(max_pixels)
     _check_recipe(recipe)
-    cfg = _base("code", data, out, preset, steps, batch_size, lr, seed, max_minutes, ckpt_every, device, workers, size)
+    cfg = _base("code", data, out, preset, steps, batch_size, lr, seed, max_minutes, ckpt_every, device, workers, size,
+                precision, warmup_steps, cosine)
     cfg.code.init = str(prior)
     cfg.code.head = head.value
     cfg.code.recipe = recipe or ""
@@ -245,16 +300,114 @@ def fidelity(
     size: Size = 0,
     disc_start: DiscStart = 2000,
     init: InitWeights = None,
+    precision: PrecisionOpt = TrainPrecision.auto,
+    warmup_steps: Warmup = 0,
+    cosine: Cosine = False,
+    disc_width: DiscWidth = 0,
+    adaptive_every: AdaptiveEvery = 1,
+    perceptual: PerceptualOpt = PerceptualNet.alex,
+    max_pixels: MaxPixels = None,
 ) -> None:
     """Stage 3: train the fusion blocks (and fine-tune encoder/transformer) with image losses at a
     fidelity weight drawn per sample in [0, 1]."""
+    _apply_max_pixels(max_pixels)
     _check_recipe(recipe)
-    cfg = _base("fidelity", data, out, preset, steps, batch_size, lr, seed, max_minutes, ckpt_every, device, workers, size)
+    cfg = _base("fidelity", data, out, preset, steps, batch_size, lr, seed, max_minutes, ckpt_every, device, workers, size,
+                precision, warmup_steps, cosine)
+    cfg.fidelity.disc_width = disc_width
+    cfg.fidelity.adaptive_every = adaptive_every
+    cfg.fidelity.perceptual_net = perceptual.value
     cfg.fidelity.init = str(code_ckpt)
     cfg.fidelity.recipe = recipe or ""
     cfg.fidelity.disc_start = disc_start
     cfg.fidelity.init_weights = _existing(init)
     _run(cfg, resume)
+
+
+@app.command("release")
+def release(
+    schedule: Annotated[str, typer.Argument(help="The release schedule to advance: face or sr.")],
+    minutes: Annotated[float, typer.Option("--minutes", min=1.0, help=(
+        "Wall-clock budget of this command; it stops, exports and evaluates before the budget ends."
+    ))],
+    out: Annotated[Path, typer.Option("--out", "-o", help=(
+        "Committed release folder: <unit>.safetensors (fp16) and progress.json per schedule."
+    ))] = Path("release"),
+    state: Annotated[Optional[Path], typer.Option("--state", help=(
+        "Full training state for exact resumes on this machine (default ~/.cache/vrrestore/release)."
+    ))] = None,
+    data_root: Annotated[Optional[Path], typer.Option("--data-root", help=(
+        "Folder the schedule's data paths are relative to (default $VRRESTORE_DATA or ../shared/data)."
+    ))] = None,
+    status: Annotated[bool, typer.Option("--status", help="Print the schedule's progress and exit.")] = False,
+) -> None:
+    """Do the next piece of a release schedule (prior -> code vr/vq -> fidelity vr/vq) within a budget."""
+    from ..train import release as rel
+
+    if schedule not in rel.SCHEDULES:
+        raise UsageError(f"release {schedule}: unknown schedule; choose from {', '.join(rel.SCHEDULES)}")
+    sch = rel.SCHEDULES[schedule]
+    out_dir = out / sch.name
+    if status:
+        for line in rel.describe_progress(sch, rel.load_progress(out_dir, sch)):
+            typer.echo(line)
+        return
+    results = rel.run(sch, minutes, out_dir, state, data_root,
+                      say=lambda s: err_console.print(s, highlight=False))
+    if not results:
+        err_console.print(f"release {schedule}: nothing left to train in {out_dir}", highlight=False)
+
+
+@app.command("publish")
+def publish(
+    schedule: Annotated[str, typer.Argument(help="The release schedule whose finished models to bundle: face or sr.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="The release folder `train release` wrote.")] = Path("release"),
+    package: Annotated[Path, typer.Option("--package", help=(
+        "The vrrestore package folder of a source checkout (receives bundled/<name>.safetensors and weights.json)."
+    ))] = Path("vrrestore"),
+) -> None:
+    """Bundle every finished model of a schedule into the package and rewrite its registry entry."""
+    from ..train import release as rel
+
+    if schedule not in rel.SCHEDULES:
+        raise UsageError(f"publish {schedule}: unknown schedule; choose from {', '.join(rel.SCHEDULES)}")
+    if not (package / "weights.json").is_file() or not (package / "bundled").is_dir():
+        raise UsageError(f"--package {package}: not a vrrestore package folder (needs weights.json and bundled/)")
+    names = rel.publish(rel.SCHEDULES[schedule], out / schedule, package, say=lambda s: err_console.print(s, highlight=False))
+    if not names:
+        raise UsageError(f"publish {schedule}: no finished model in {out / schedule} yet")
+
+
+@app.command("wallpapers")
+def wallpapers(
+    dest: Annotated[Optional[Path], typer.Option("--dest", help=(
+        "Folder to fill (default: the vrrestore cache's data/wallpapers, which the sr release schedule reads)."
+    ))] = None,
+    manifest: Annotated[Optional[Path], typer.Option("--manifest", help=(
+        "Take the photo list from this sr_hq/train_crops_manifest.csv (its deb: sources) instead of the built-in one."
+    ))] = None,
+) -> None:
+    """Fetch the SR training photographs from Debian's wallpaper packages (apt-get download + dpkg -x).
+
+    Keeps only the photographs, short side <= 1200 px, JPEG q95, and DEST/SOURCES.txt (package,
+    version, licence). Idempotent: what is already there is not downloaded again.
+    """
+    import time
+
+    from ..train.wallpapers import prepare_wallpapers
+
+    if manifest is not None and not manifest.is_file():
+        raise UsageError(f"--manifest {manifest}: no such file")
+    t0 = time.monotonic()
+    res = prepare_wallpapers(dest, manifest=manifest,
+                             say=lambda s: err_console.print(s, highlight=False, soft_wrap=True, markup=False))
+    got = ", ".join(res.downloaded) if res.downloaded else "nothing (all present)"
+    err_console.print(
+        f"wallpapers: {len(res.photos)} photos ({res.written} new, {res.total_bytes / 1e6:.1f} MB) in {res.dest}; "
+        f"downloaded {got}; {time.monotonic() - t0:.0f} s", highlight=False, soft_wrap=True, markup=False,
+    )
+    if res.missing:
+        raise InputError(f"{len(res.missing)} listed photo(s) not in their package: {', '.join(res.missing)}")
 
 
 @app.command("export")
@@ -267,11 +420,12 @@ def export(
     dtype: Annotated[ExportDtype, typer.Option("--dtype", help=(
         "Storage precision of the exported weights."
     ))] = ExportDtype.fp16,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace OUTPUT if it exists.")] = False,
 ) -> None:
     """Write the EMA weights as a self-describing vrrestore checkpoint, with a training summary."""
     from ..train.export import export as do_export
 
-    path = do_export(checkpoint, output, dtype.value)
+    path = do_export(checkpoint, output, dtype.value, overwrite=overwrite)
     err_console.print(f"wrote {path}", highlight=False)
 
 
@@ -286,16 +440,18 @@ def degrade(
     seed: Annotated[int, typer.Option("--seed", help=(
         "Base seed; each image's seed also depends on its relative path, so order does not matter."
     ))] = 0,
+    max_pixels: MaxPixels = None,
 ) -> None:
     """Write synthetic LQ/GT pairs (OUT/lq/<name>.png, OUT/gt/<name>.png), bit-identical on re-run.
 
     SR recipes crop the GT to a multiple of the scale first. Unreadable files are reported and skipped.
     """
-    import cv2
-
-    from ..data.datasets import list_images, read_image
+    from ..data.datasets import list_images, load_image
     from ..data.degradations import degrade as do_degrade
     from ..data.degradations import derive_seed, get_recipe, recipe_scale, to_uint8
+    from ..io import Image, write_image
+
+    _apply_max_pixels(max_pixels)
 
     try:
         rec = get_recipe(recipe)
@@ -315,10 +471,16 @@ def degrade(
             failed += 1
             continue
         names[name] = rel
-        img = read_image(ref)
-        h, w = (img.shape[:2] if img is not None else (0, 0))
-        if img is None or h < scale or w < scale:
-            err_console.print(f"[yellow]warning:[/yellow] skipping unreadable image {rel}", highlight=False)
+        try:
+            img = load_image(ref)  # refuses decompression bombs before decoding, like face/image
+        except InputError as err:
+            err_console.print(f"[yellow]warning:[/yellow] skipping {err}", highlight=False)
+            failed += 1
+            continue
+        h, w = img.shape[:2]
+        if h < scale or w < scale:
+            err_console.print(f"[yellow]warning:[/yellow] skipping {rel}: {w}x{h} is smaller than the x{scale} recipe needs",
+                              highlight=False)
             failed += 1
             continue
         gt = img[: h - h % scale, : w - w % scale]
@@ -326,8 +488,7 @@ def degrade(
         for sub, arr in (("gt", gt), ("lq", lq)):
             dst = output / sub / name
             dst.parent.mkdir(parents=True, exist_ok=True)
-            if not cv2.imwrite(str(dst), to_uint8(arr)[..., ::-1]):
-                raise InputError(f"{dst}: could not write the image")
+            write_image(Image(to_uint8(arr)), dst)  # atomic
     err_console.print(f"degrade: {len(refs) - failed} pairs written to {output} (recipe {recipe}, seed {seed})"
                       + (f", {failed} skipped" if failed else ""), highlight=False)
     if failed == len(refs):

@@ -1,4 +1,4 @@
-"""``vrrestore weights``: list, download, verify, locate, import and publish model weights.
+"""``vrrestore weights``: list, download, verify and locate model weights, import foreign ones, write model cards.
 
 Every failure is a WeightsError (exit 3) or UsageError (exit 2) raised to ``cli.main``, never a print.
 Tables and results go to stdout; downloads report progress on stderr (huggingface_hub's bars).
@@ -20,12 +20,12 @@ from ..errors import UsageError, WeightsError
 from ._console import err_console, out_console
 
 app = typer.Typer(
-    help="List, download, verify, locate, import and publish model weights.",
+    help="List, download, verify and locate model weights; import foreign checkpoints; write Hub model cards.",
     no_args_is_help=True,
     rich_markup_mode="rich",
 )
 
-_STATUS_STYLE = {"bundled": "green", "cached": "green", "remote": "yellow", "unpublished": "red"}
+_STATUS_STYLE = {"bundled": "green", "cached": "green", "invalid": "red", "remote": "yellow", "unpublished": "red"}
 
 
 class HeadChoice(str, Enum):
@@ -44,7 +44,7 @@ class DtypeChoice(str, Enum):
 def _entry(name: str) -> W.WeightEntry:
     registry = W.load_registry()
     if name not in registry:
-        raise WeightsError(f"unknown model {name!r}; choose one of {', '.join(registry) or 'none'} (see `vrrestore weights list`)")
+        raise UsageError(W.unknown_name_message(name, registry))
     return registry[name]
 
 
@@ -56,13 +56,17 @@ def _size(n: int | None) -> str:
 def list_(
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON array (one object per model) instead of a table.")] = False,
 ) -> None:
-    """Show every registry model: task, size, licence and where it is (bundled / cached / remote / unpublished)."""
-    rows = W.list_entries()
+    """Show every registry model: task, size, licence and where it is (bundled / cached / invalid / remote /
+    unpublished). bundled and cached mean the file passes every check loading makes; invalid means a
+    local file is there but loading would refuse it (`vrrestore weights verify NAME` says why)."""
+    states = [(e, *W.entry_state(e)) for e in W.load_registry().values()]
+    rows = [(e, status) for e, status, _ in states]
     if as_json:
         out = []
-        for entry, status in rows:
+        for entry, status, problem in states:
             copies = W.local_copies(entry)
-            out.append({**entry.to_dict(), "availability": status, "path": str(copies[0][1]) if copies else None})
+            out.append({**entry.to_dict(), "availability": status, "problem": problem,
+                        "path": str(copies[0][1]) if copies else None})
         typer.echo(json.dumps(out, indent=2))
         return
     table = Table(title="vrrestore weights", title_justify="left")
@@ -79,6 +83,9 @@ def list_(
         out_console.print(
             "unpublished = no trained weights exist yet; pass --model PATH to your own checkpoint.", highlight=False
         )
+    for entry, status, problem in states:
+        if status == "invalid":
+            out_console.print(f"[red]invalid[/] {entry.name}: {problem}", highlight=False, soft_wrap=True)
 
 
 @app.command("download")

@@ -6,9 +6,11 @@ the dataset derives crop, flip and degradation from ``sample_seed`` alone. So a 
 whatever the worker count, and a resumed run replays the exact stream by restarting the sampler at
 its (epoch, position).
 
-Unreadable files are replaced by the next readable image, so a corrupt file never stops a run, and
-are reported once: one warning line each through the ``vrrestore.data`` logger, or (``warn=False``)
-in the sample's ``skipped`` field for the trainer to report once across all loader workers.
+Unreadable files, and decompression bombs (the same rule as ``vrrestore face``/``image``:
+:func:`vrrestore.io.check_pixels`, checked on the header before any pixel is decoded), are replaced by
+the next readable image, so a bad file never stops a run, and are reported once with the reason: one
+warning line each through the ``vrrestore.data`` logger, or (``warn=False``) in the sample's
+``skipped`` field for the trainer to report once across all loader workers.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ import torch
 from torch.utils.data import Dataset
 from torch.utils.data.distributed import DistributedSampler
 
+from ..errors import InputError
+from ..io import check_pixels, header_size
 from .degradations import Recipe, degrade, derive_seed, recipe_scale
 
 log = logging.getLogger("vrrestore.data")
@@ -70,8 +74,14 @@ def list_images(paths: Sequence[str | os.PathLike[str]]) -> list[ImageRef]:
     return sorted(refs, key=lambda r: r.key)
 
 
-def decode_image(data: bytes) -> np.ndarray | None:
-    """Bytes -> (H, W, 3) float32 RGB in [0, 1] (gray expanded, alpha dropped, 16-bit scaled), or None."""
+def decode_image(data: bytes, name: str = "image") -> np.ndarray | None:
+    """Bytes -> (H, W, 3) float32 RGB in [0, 1] (gray expanded, alpha dropped, 16-bit scaled), or None.
+
+    Raises InputError for a decompression bomb, before decoding it (``name`` goes in the message).
+    """
+    size = header_size(data)
+    if size is not None:
+        check_pixels(name, *size, len(data))
     old = cv2.utils.logging.getLogLevel()
     cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)  # we report bad files ourselves
     try:
@@ -88,8 +98,14 @@ def decode_image(data: bytes) -> np.ndarray | None:
     return np.ascontiguousarray(arr[..., ::-1], dtype=np.float32) / np.float32(scale)
 
 
-def read_image(ref: ImageRef) -> np.ndarray | None:
-    """Decode one image; None when it cannot be read or decoded."""
+def ref_name(ref: ImageRef) -> str:
+    """How messages name an image: its path, or ``archive.tar:member``."""
+    return ref.path if ref.offset < 0 else f"{ref.path}:{ref.key.split('/', 1)[1]}"
+
+
+def load_image(ref: ImageRef) -> np.ndarray:
+    """Decode one image, or raise InputError with one line naming it and saying why (unreadable, bomb)."""
+    name = ref_name(ref)
     try:
         with open(ref.path, "rb") as f:
             if ref.offset >= 0:
@@ -97,9 +113,22 @@ def read_image(ref: ImageRef) -> np.ndarray | None:
                 data = f.read(ref.size)
             else:
                 data = f.read()
-    except OSError:
+    except OSError as err:
+        raise InputError(f"{name}: cannot read ({err.strerror or err})") from None
+    if not data:
+        raise InputError(f"{name}: empty file (0 bytes)")
+    img = decode_image(data, name)
+    if img is None:
+        raise InputError(f"{name}: unreadable or damaged image")
+    return img
+
+
+def read_image(ref: ImageRef) -> np.ndarray | None:
+    """Decode one image; None when it cannot be read or decoded, or is a decompression bomb."""
+    try:
+        return load_image(ref)
+    except InputError:
         return None
-    return decode_image(data) if data else None
 
 
 def random_crop_flip(img: np.ndarray, size: int, rng: np.random.Generator, mode: str, flip: bool = True) -> np.ndarray:
@@ -165,14 +194,14 @@ class RestorationDataset(Dataset):
             ref = self.refs[(index + k) % n]
             if ref.key in self._bad:
                 continue
-            img = read_image(ref)
-            if img is not None:
-                return img
+            try:
+                return load_image(ref)
+            except InputError as err:
+                reason = str(err)
             self._bad.add(ref.key)
-            name = ref.path if ref.offset < 0 else f"{ref.path}:{ref.key.split('/', 1)[1]}"
-            skipped.append(name)
+            skipped.append(reason)
             if self.warn:
-                log.warning("skipping unreadable image %s", name)
+                log.warning("skipping %s", reason)
         raise RuntimeError("none of the training images could be read")
 
     def __getitem__(self, item: int | tuple[int, int]) -> dict[str, torch.Tensor | str]:

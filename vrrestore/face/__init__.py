@@ -5,12 +5,10 @@ Nothing is imported lazily here except the backends: ``yuface`` is imported when
 built, the RetinaFace network module when a RetinaFace detector is.
 """
 
+from .base import Detector, DetectorUnavailable, Face
 from .align import FFHQ_TEMPLATE_512, crop_mask, estimate_affine, face_template, paste_face, paste_faces, warp_face
 from .detect import (
     DETECTORS,
-    Detector,
-    DetectorUnavailable,
-    Face,
     YuFaceDetector,
     draw_faces,
     make_detector,

@@ -3,66 +3,37 @@
 Backends: ``yuface`` (libfacedetection, model compiled into a 475 KB wheel: offline, no torchvision) and
 RetinaFace (:mod:`vrrestore.face.retinaface`, facexlib's weights, downloaded once). Landmarks are, in
 image coordinates: left eye centre, right eye centre, nose tip, left mouth corner, right mouth corner
-("left" = smaller x), the order of the FFHQ alignment template.
+("left" = smaller x), the order of the FFHQ alignment template. The shared types and the clean-up of
+raw detections (implausible landmarks, duplicates, the mirror check) live in :mod:`.base`; this module
+imports the RetinaFace module only inside the functions that build or query it, and that module
+imports only :mod:`.base`, so the imports run one way.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Literal
 
 import cv2
 import numpy as np
 import torch
 
-from ..errors import UsageError, WeightsError
+from ..errors import UsageError
+from .base import (
+    MIRROR_MIN_SIZE,
+    MIRROR_RELAX,
+    Detector,
+    DetectorUnavailable,
+    Face,
+    clean_detections,
+    confirmed_by_mirror,
+    mirror_faces,
+)
 
 DetectorName = Literal["auto", "yuface", "retinaface", "retinaface-mobile"]
 DETECTORS: tuple[str, ...] = ("auto", "yuface", "retinaface", "retinaface-mobile")
 FaceSelect = Literal["all", "largest", "center"]
 DEFAULT_THRESHOLDS = {"yuface": 0.5, "retinaface": 0.8, "retinaface-mobile": 0.8}
-
-
-class DetectorUnavailable(WeightsError):
-    """The chosen face detector cannot run here (package missing, weights missing or not downloadable)."""
-
-
-@dataclass(frozen=True)
-class Face:
-    """One detection: ``box`` (4,) x1, y1, x2, y2; ``landmarks`` (5, 2) x, y; ``score`` in [0, 1]."""
-
-    box: np.ndarray
-    landmarks: np.ndarray
-    score: float
-
-    @property
-    def width(self) -> float:
-        return float(self.box[2] - self.box[0])
-
-    @property
-    def height(self) -> float:
-        return float(self.box[3] - self.box[1])
-
-    @property
-    def size(self) -> float:
-        """The box's shorter side, in pixels (what ``--min-face-size`` compares)."""
-        return min(self.width, self.height)
-
-    @property
-    def center(self) -> np.ndarray:
-        return np.array([(self.box[0] + self.box[2]) / 2, (self.box[1] + self.box[3]) / 2], dtype=np.float32)
-
-    def scaled(self, factor: float) -> Face:
-        return Face(self.box * factor, self.landmarks * factor, self.score)
-
-
-class Detector(Protocol):
-    name: str
-
-    def detect(self, rgb: np.ndarray) -> list[Face]:
-        """Faces in an (H, W, 3) uint8 RGB image, in its pixel coordinates."""
-        ...
 
 
 def _import_yuface():  # noqa: ANN202 - returns the module
@@ -89,24 +60,28 @@ class YuFaceDetector:
 
     The library warns and degrades above ~960 px, so larger images are shrunk (INTER_AREA) for detection
     and the results scaled back. Its coordinates are integers, so landmarks are good to about 1-3 px at
-    the detection scale.
+    the detection scale. Raw detections are cleaned up as :mod:`vrrestore.face.base` describes; with
+    ``mirror_check`` (default) faces of 32 px or more must also be found in the mirrored image, which
+    costs a second detection pass only on images where such a face was found.
     """
 
     name = "yuface"
 
-    def __init__(self, threshold: float = DEFAULT_THRESHOLDS["yuface"], max_side: int = 960) -> None:
+    def __init__(self, threshold: float = DEFAULT_THRESHOLDS["yuface"], max_side: int = 960, mirror_check: bool = True) -> None:
         self._yuface = _import_yuface()
         self.threshold = threshold
         self.max_side = max_side
+        self.mirror_check = mirror_check
 
-    def detect(self, rgb: np.ndarray) -> list[Face]:
+    def raw(self, rgb: np.ndarray, threshold: float) -> list[Face]:
+        """The library's detections at ``threshold``, in image coordinates, before any clean-up."""
         if rgb.ndim == 2:
             rgb = np.repeat(rgb[:, :, None], 3, axis=2)
         h, w = rgb.shape[:2]
         scale = min(1.0, self.max_side / max(h, w))
         img = rgb if scale == 1.0 else cv2.resize(rgb, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
         bgr = np.ascontiguousarray(img[:, :, ::-1], dtype=np.uint8)
-        confs, boxes, points = self._yuface.detect(bgr, self.threshold)
+        confs, boxes, points = self._yuface.detect(bgr, threshold)
         faces = []
         for conf, (x, y, bw, bh), pts in zip(confs.astype(np.float32), boxes.astype(np.float32), points.astype(np.float32), strict=True):
             # integer pixel indices -> continuous coordinates of the same pixel centres, then back to full size
@@ -114,6 +89,13 @@ class YuFaceDetector:
             inv = 1.0 / scale
             faces.append(Face(box * inv, pts.reshape(5, 2) * inv + 0.5 * (inv - 1.0), float(conf) / 100.0))
         faces.sort(key=lambda f: -f.score)
+        return faces
+
+    def detect(self, rgb: np.ndarray) -> list[Face]:
+        faces = clean_detections(self.raw(rgb, self.threshold))
+        if self.mirror_check and any(f.size >= MIRROR_MIN_SIZE for f in faces):
+            mirrored = self.raw(np.ascontiguousarray(rgb[:, ::-1]), self.threshold * MIRROR_RELAX)
+            faces = confirmed_by_mirror(faces, mirror_faces(mirrored, rgb.shape[1]))
         return faces
 
 

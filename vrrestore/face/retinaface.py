@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..cache import cache_dir
-from .detect import DetectorUnavailable, Face
+from .base import DetectorUnavailable, Face, clean_detections, nms
 
 Variant = Literal["resnet50", "mobilenet0.25"]
 
@@ -257,24 +257,6 @@ def decode_landmarks(pre: torch.Tensor, priors: torch.Tensor, variances: tuple[f
     return priors[:, None, :2] + offsets * variances[0] * priors[:, None, 2:]
 
 
-def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:
-    """Greedy non-maximum suppression; indices of kept boxes, highest score first."""
-    order = np.argsort(-scores, kind="stable")
-    x1, y1, x2, y2 = boxes[:, 0], boxes[:, 1], boxes[:, 2], boxes[:, 3]
-    areas = np.maximum(x2 - x1, 0) * np.maximum(y2 - y1, 0)
-    keep: list[int] = []
-    while order.size:
-        i = int(order[0])
-        keep.append(i)
-        rest = order[1:]
-        iw = np.maximum(0.0, np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest]))
-        ih = np.maximum(0.0, np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest]))
-        inter = iw * ih
-        iou = inter / np.maximum(areas[i] + areas[rest] - inter, 1e-12)
-        order = rest[iou <= iou_threshold]
-    return np.asarray(keep, dtype=np.int64)
-
-
 # ---------------------------------------------------------------------------------------------- weights
 
 
@@ -343,7 +325,8 @@ def load_weights(net: RetinaFaceNet, path: Path) -> None:
 
 
 class RetinaFaceDetector:
-    """:class:`~vrrestore.face.detect.Detector` backed by RetinaFace (facexlib weights).
+    """:class:`~vrrestore.face.base.Detector` backed by RetinaFace (facexlib weights); box NMS, then the
+    clean-up of :func:`~vrrestore.face.base.clean_detections`.
 
     Images are scaled so the short side is at least ``min_side`` (small faces need it) and the long side
     at most ``max_side`` (bounds CPU time), as facexlib's helper does with its ``resize`` argument.
@@ -416,4 +399,4 @@ class RetinaFaceDetector:
         points = decode_landmarks(landm[keep], priors[keep], var) * size / scale
         b, p, s = boxes.cpu().numpy(), points.cpu().numpy(), scores[keep].cpu().numpy()
         idx = nms(b, s, self.nms_threshold)
-        return [Face(box=b[i].astype(np.float32), landmarks=p[i].astype(np.float32), score=float(s[i])) for i in idx]
+        return clean_detections([Face(box=b[i].astype(np.float32), landmarks=p[i].astype(np.float32), score=float(s[i])) for i in idx])

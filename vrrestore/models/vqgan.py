@@ -31,10 +31,14 @@ class VQConfig:
     codebook_size: int = 1024
     emb_dim: int = 256
     beta: float = 0.25
+    # Pixel-(un)shuffle factor of the first/last layer. 4 moves every conv to 1/16 of the pixels, which
+    # is what makes CPU training affordable; 1 is the classic full-resolution VQGAN stem.
+    stem: int = 1
+    mid_attn: bool = True  # self-attention in the latent-level middle blocks
 
     @property
     def downsample(self) -> int:
-        return 2 ** (len(self.channel_mult) - 1)
+        return self.stem * 2 ** (len(self.channel_mult) - 1)
 
     @property
     def latent_size(self) -> int:
@@ -44,8 +48,12 @@ class VQConfig:
         return [self.base_channels * m for m in self.channel_mult]
 
     def level_resolutions(self) -> list[int]:
-        """Training-size spatial resolution of each level, finest first."""
-        return [self.img_size // 2**i for i in range(len(self.channel_mult))]
+        """Training-size spatial resolution of each level, finest first (after the stem)."""
+        return [self.img_size // (self.stem * 2**i) for i in range(len(self.channel_mult))]
+
+
+def _mid(ch: int, attn: bool) -> nn.Sequential:
+    return nn.Sequential(ResBlock(ch), AttnBlock(ch), ResBlock(ch)) if attn else nn.Sequential(ResBlock(ch), ResBlock(ch))
 
 
 class Encoder(nn.Module):
@@ -55,7 +63,7 @@ class Encoder(nn.Module):
         super().__init__()
         self.cfg = cfg
         chs = cfg.level_channels()
-        self.conv_in = nn.Conv2d(in_channels, chs[0], 3, padding=1)
+        self.conv_in = nn.Conv2d(in_channels * cfg.stem**2, chs[0], 3, padding=1)
         self.levels = nn.ModuleList()
         self.downs = nn.ModuleList()
         prev = chs[0]
@@ -68,12 +76,12 @@ class Encoder(nn.Module):
                     blocks.append(AttnBlock(ch))
             self.levels.append(nn.Sequential(*blocks))
             self.downs.append(Downsample(ch) if i < len(chs) - 1 else nn.Identity())
-        self.mid = nn.Sequential(ResBlock(prev), AttnBlock(prev), ResBlock(prev))
+        self.mid = _mid(prev, cfg.mid_attn)
         self.norm_out = group_norm(prev)
         self.conv_out = nn.Conv2d(prev, cfg.emb_dim, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
-        h = self.conv_in(x)
+        h = self.conv_in(F.pixel_unshuffle(x, self.cfg.stem) if self.cfg.stem > 1 else x)
         feats: dict[int, torch.Tensor] = {}
         for res, level, down in zip(self.cfg.level_resolutions(), self.levels, self.downs, strict=True):
             h = level(h)
@@ -93,7 +101,7 @@ class Decoder(nn.Module):
         ress = cfg.level_resolutions()[::-1]
         prev = chs[0]
         self.conv_in = nn.Conv2d(cfg.emb_dim, prev, 3, padding=1)
-        self.mid = nn.Sequential(ResBlock(prev), AttnBlock(prev), ResBlock(prev))
+        self.mid = _mid(prev, cfg.mid_attn)
         self.levels = nn.ModuleList()
         self.ups = nn.ModuleList()
         for i, (ch, res) in enumerate(zip(chs, ress, strict=True)):
@@ -106,7 +114,7 @@ class Decoder(nn.Module):
             self.levels.append(nn.Sequential(*blocks))
             self.ups.append(Upsample(ch) if i < len(chs) - 1 else nn.Identity())
         self.norm_out = group_norm(prev)
-        self.conv_out = nn.Conv2d(prev, out_channels, 3, padding=1)
+        self.conv_out = nn.Conv2d(prev, out_channels * cfg.stem**2, 3, padding=1)
 
     def forward(self, z: torch.Tensor, fuse: FuseFn | None = None) -> torch.Tensor:
         h = self.mid(self.conv_in(z))
@@ -115,7 +123,8 @@ class Decoder(nn.Module):
             if fuse is not None:
                 h = fuse(res, h)
             h = up(h)
-        return self.conv_out(F.silu(self.norm_out(h)))
+        out = self.conv_out(F.silu(self.norm_out(h)))
+        return F.pixel_shuffle(out, self.cfg.stem) if self.cfg.stem > 1 else out
 
 
 class VQAutoEncoder(nn.Module):

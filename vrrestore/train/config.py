@@ -19,8 +19,13 @@ class PriorOptions:
     """Stage 1 (VQGAN prior on HQ images). Loss = L1 + perceptual + adaptive hinge GAN + codebook."""
 
     perceptual_weight: float = 1.0
+    perceptual_net: str = "alex"  # LPIPS backbone: alex (~1.7 GFLOP at 256 px) or vgg (~50 GFLOP)
     disc_weight: float = 1.0  # multiplies the adaptive weight (taming/CodeFormer convention)
     disc_start: int = 2000  # generator GAN term and D updates start at this step
+    disc_width: int = 0  # critic width; 0 = follow the prior (min(64, 2 x base channels))
+    # The adaptive GAN weight needs its own backward through the critic; recompute it every N steps
+    # and reuse the last value in between (1 = every step, the taming/CodeFormer recipe).
+    adaptive_every: int = 1
     codebook_weight: float = 1.0
     restart_every: int = 100  # re-seed dead codes every N steps (0 = never)
     restart_threshold: float = 0.03  # usage EMA under which a code counts as dead
@@ -69,8 +74,11 @@ class FidelityOptions:
     fidelity: tuple[float, float] = (0.0, 1.0)
     l1_weight: float = 1.0
     perceptual_weight: float = 1.0
+    perceptual_net: str = "alex"
     gan_weight: float = 0.1  # times the adaptive weight, which is clamped to <= 1
     disc_start: int = 2000
+    disc_width: int = 0
+    adaptive_every: int = 1
     code_weight: float = 1.0
     detach_code: bool = True
     init_weights: str = ""  # an exported restorer .safetensors whose non-prior weights replace the code stage's
@@ -91,11 +99,15 @@ class TrainConfig:
     log_every: int = 10
     workers: int = 2
     device: str = "auto"
+    precision: str = "auto"  # auto (measured: bf16 autocast where it is faster) | fp32 | bf16
     size: int = 0  # training image side (HQ); 0 = the preset's prior size
     ema_decay: float = 0.995
     warmup_steps: int = 0
     cosine: bool = False  # cosine decay to 10% of lr over `steps` (else constant after warm-up)
     progress: bool = True
+    # A fresh run that continues another machine's run from its exported weights starts counting
+    # here (learning-rate schedule, critic start, data position); optimiser moments start fresh.
+    start_step: int = 0
     prior: PriorOptions = field(default_factory=PriorOptions)
     code: CodeOptions = field(default_factory=CodeOptions)
     fidelity: FidelityOptions = field(default_factory=FidelityOptions)

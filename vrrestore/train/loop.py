@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,9 +26,10 @@ from torch.utils.data import DataLoader
 from ..data.datasets import RestorationDataset, SeededSampler
 from ..device import select_device
 from ..errors import UsageError
+from ..precision import decide as decide_precision
 from . import ckpt
 from .config import TrainConfig
-from .stages import Runtime, StageBase, build_stage, stage_summary, task_of
+from .stages import Runtime, StageBase, build_stage, get_preset, stage_summary, task_of
 
 log = logging.getLogger("vrrestore.train")
 
@@ -78,18 +80,25 @@ class _Logger:
     def __init__(self, path: Path, enabled: bool, progress: bool, total: int, start: int) -> None:
         self.enabled = enabled
         self.file = open(path, "a", encoding="utf-8") if enabled else None  # noqa: SIM115 - closed in close()
-        self.progress = None
-        if enabled and progress:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+        self.progress: Any = None
+        self._bar = (total, start) if enabled and progress else None  # started at the first step, so set-up
+        # errors print one line, not a half-drawn bar
 
-            from ..cli._console import err_console
+    def _start_bar(self) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-            self.progress = Progress(
-                TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                TextColumn("{task.fields[info]}"), console=err_console, transient=False,
-            )
-            self.task = self.progress.add_task("train", total=total, completed=start, info="")
-            self.progress.start()
+        from ..cli._console import err_console
+
+        assert self._bar is not None
+        total, start = self._bar
+        self._bar = None
+        # Our own ETA column: rich's counts only the steps left, not the --max-minutes budget.
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[eta]}"),
+            TextColumn("{task.fields[info]}"), console=err_console, transient=False,
+        )
+        self.task = self.progress.add_task("train", total=total, completed=start, info="", eta="")
+        self.progress.start()
 
     def event(self, **record: Any) -> None:
         if self.file:
@@ -105,9 +114,11 @@ class _Logger:
             log.warning(text)
         self.event(event="message", text=text)
 
-    def advance(self, step: int, info: str) -> None:
+    def advance(self, step: int, info: str, eta: str = "") -> None:
+        if self._bar is not None:
+            self._start_bar()
         if self.progress:
-            self.progress.update(self.task, completed=step, info=info)
+            self.progress.update(self.task, completed=step, info=info, eta=eta)
 
     def close(self) -> None:
         if self.progress:
@@ -116,10 +127,15 @@ class _Logger:
             self.file.close()
 
 
-def train(cfg: TrainConfig, resume: bool = False, stop: Callable[[int], bool] | None = None) -> TrainResult:
+def train(
+    cfg: TrainConfig, resume: bool = False, stop: Callable[[int], bool] | None = None,
+    init_state: dict[str, Any] | None = None,
+) -> TrainResult:
     """Run (or continue) one stage to ``cfg.steps``. ``stop(step)`` lets tests end a run early as an
-    interruption would, after that step's checkpoint."""
+    interruption would, after that step's checkpoint. ``init_state``: see ``build_stage``."""
     rank, world, device, created = _init_distributed(cfg.device)
+    if cfg.preset:
+        get_preset(cfg.preset)  # an unknown preset fails here, before the run folder exists
     out = Path(cfg.out)
     path = ckpt.stage_file(out, cfg.stage)
     state: dict[str, Any] | None = None
@@ -133,7 +149,7 @@ def train(cfg: TrainConfig, resume: bool = False, stop: Callable[[int], bool] | 
         out.mkdir(parents=True, exist_ok=True)
     logger = _Logger(out / "log.jsonl", rank == 0, cfg.progress, cfg.steps, int(state["step"]) if state else 0)
     try:
-        return _run(cfg, state, rank, world, device, logger, stop)
+        return _run(cfg, state, rank, world, device, logger, stop, init_state)
     finally:
         logger.close()
         if world > 1 and dist.is_initialized():
@@ -161,17 +177,18 @@ def _adopt_saved(cfg: TrainConfig, saved: TrainConfig, say: Callable[[str], None
 
 def _run(
     cfg: TrainConfig, state: dict[str, Any] | None, rank: int, world: int, device: torch.device,
-    logger: _Logger, stop: Callable[[int], bool] | None,
+    logger: _Logger, stop: Callable[[int], bool] | None, init_state: dict[str, Any] | None = None,
 ) -> TrainResult:
     torch.manual_seed(cfg.seed)  # identical initialisation on every rank
-    amp = torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else None
+    verdict = decide_precision(device, cfg.precision, fp16_ok=False)  # no GradScaler: fp16 is not offered
+    amp = verdict.autocast_dtype
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     rt = Runtime(device=device, rank=rank, world=world, amp_dtype=amp, say=logger.say)
     if state is not None:
         _adopt_saved(cfg, TrainConfig.from_dict(state["config"]), logger.say)
-    stage = build_stage(cfg, rt)
+    stage = build_stage(cfg, rt, init_state)
     size = cfg.size or _prior_size(stage)
     recipe = getattr(stage, "recipe", None) if stage.needs_lq else None
     mode = "crop" if task_of(cfg.preset) == "sr" else "resize"
@@ -191,12 +208,21 @@ def _run(
             raise UsageError(f"--resume: the checkpoint does not fit this model ({first})") from None
         _set_rng_state(state["rng"], device)
         step, epoch, pos, seconds = int(state["step"]), int(state["epoch"]), int(state["batch_in_epoch"]), float(state["seconds"])
+    elif cfg.start_step:
+        step = cfg.start_step
+        epoch, pos = divmod(step, max(1, len(dataset) // (cfg.batch_size * world)))
+        with warnings.catch_warnings():  # "scheduler stepped before the optimiser": on purpose here
+            warnings.simplefilter("ignore", UserWarning)
+            for sched in stage.scheds.values():  # the learning rate this step would have had
+                sched.last_epoch = step - 1
+                sched.step()
     loader = DataLoader(
         dataset, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers, drop_last=True,
         pin_memory=device.type == "cuda", persistent_workers=cfg.workers > 0,
     )
     logger.event(event="start", step=step, world=world, device=str(device), images=len(dataset), size=size,
                  recipe=recipe, config=cfg.to_dict(), resumed=state is not None)
+    logger.say(f"precision: {verdict.precision} ({verdict.reason})")
 
     def save(reason: str) -> None:
         if rank != 0:
@@ -233,7 +259,8 @@ def _run(
                     lr = stage.scheds["g"].get_last_lr()[0]
                     logger.event(event="step", step=step, epoch=epoch, lr=lr, images_per_s=round(ips, 3),
                                  seconds=round(seconds + now - t0, 3), **last)
-                    logger.advance(step, f"loss {last.get('loss', float('nan')):.4f}  {ips:.1f} img/s")
+                    eta = eta_text(cfg.steps - step, ips / (cfg.batch_size * world), budget, seconds + now - t0)
+                    logger.advance(step, f"loss {last.get('loss', float('nan')):.4f}  {ips:.1f} img/s", eta)
                 out_of_time = budget is not None and seconds + (time.monotonic() - t0) >= budget
                 if world > 1:  # ranks must agree on stopping
                     flag = torch.tensor([float(out_of_time)], device=device)
@@ -262,6 +289,18 @@ def _run(
         end["rank_spread"] = _rank_spread(stage, device)
     logger.event(**end)
     return TrainResult(ckpt.stage_file(cfg.out, cfg.stage), step, total, reason, last, ips)
+
+
+def eta_text(steps_left: int, steps_per_s: float, budget_s: float | None, elapsed_s: float) -> str:
+    """'ETA 0:12:03', or with '(budget)' when the --max-minutes budget ends the run before the steps do."""
+    eta = steps_left / steps_per_s if steps_per_s > 0 else float("inf")
+    tag = ""
+    if budget_s is not None and budget_s - elapsed_s < eta:
+        eta, tag = max(0.0, budget_s - elapsed_s), " (budget)"
+    if eta == float("inf"):
+        return "ETA -:--:--"
+    s = int(round(eta))
+    return f"ETA {s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}{tag}"
 
 
 @torch.no_grad()
@@ -298,7 +337,7 @@ def _report_skipped(batch: dict[str, Any], seen: set[str], logger: _Logger, rank
         for name in filter(None, str(entry).split("\n")):
             if name not in seen:
                 seen.add(name)
-                text = f"skipping unreadable image {name}"
+                text = f"skipping {name}"  # entries are "NAME: why" (unreadable, bomb)
                 if rank == 0:
                     logger.say(text)
                 else:

@@ -26,7 +26,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from ..data.degradations import derive_seed
 from ..errors import UsageError
-from ..models import preset as get_preset
+from ..models import preset as _preset
 from ..models.config import config_from_dict, config_to_dict
 from ..models.descriptor import architecture_of, build_model
 from ..models.face import FaceConfig
@@ -37,9 +37,16 @@ from . import ckpt
 from .config import TrainConfig
 from .discriminator import PatchDiscriminator
 from .ema import ModelEMA
-from .losses import Perceptual, adaptive_weight, codebook_target_loss, hinge_d_loss, hinge_g_loss, oracle_weight_loss
+from .files import check_prior_fits, load_prior_file, load_restorer_weights
+from .losses import (
+    Perceptual,
+    adaptive_weight,
+    codebook_target_loss,
+    hinge_d_loss,
+    hinge_g_loss,
+    oracle_weight_loss,
+)
 from .precondition import whiten_heads
-
 
 # torch >= 2.13 renamed DDP's broadcast_buffers (deprecated) to forward_sync_buffers.
 _NO_BUFFER_SYNC = (
@@ -63,9 +70,50 @@ class Runtime:
         return self.world > 1
 
 
-def disc_width(prior: VQConfig) -> int:
-    """Critic width follows the prior's (64 for CodeFormer's nf = 64; 32 for the tiny presets)."""
-    return min(64, 2 * prior.base_channels)
+def get_preset(name: str) -> FaceConfig | SRConfig:
+    """The preset's config; an unknown name is a usage error (exit 2), not a KeyError traceback."""
+    try:
+        return _preset(name)
+    except KeyError as err:
+        raise UsageError(f"--preset {name}: {err.args[0]}") from None
+
+
+def check_recipe_scale(recipe: str, model_cfg: FaceConfig | SRConfig, preset: str) -> None:
+    """A degradation recipe must make inputs at the model's scale (sr-x4 LQ into a face model fails deep
+    inside a conv otherwise)."""
+    from ..data.degradations import recipe_scale
+
+    want = model_cfg.scale if isinstance(model_cfg, SRConfig) else 1
+    try:
+        got = recipe_scale(recipe)
+    except (KeyError, ValueError) as err:
+        raise UsageError(f"--recipe {recipe}: {err}") from None
+    if got != want:
+        kind = f"x{want} super-resolution" if want > 1 else "face (same-size) restoration"
+        raise UsageError(f"--recipe {recipe} makes x{got} inputs but {preset} is a {kind} model; "
+                         f"use a {'face' if want == 1 else f'sr-x{want}'} recipe")
+
+
+def disc_width(prior: VQConfig, override: int = 0) -> int:
+    """Critic width: ``override`` when set, else the prior's (64 for CodeFormer's nf = 64; 32 for tiny)."""
+    return override or min(64, 2 * prior.base_channels)
+
+
+class AdaptiveWeight:
+    """The adaptive GAN weight, recomputed every ``every`` steps and reused in between.
+
+    Each computation is an extra backward through the critic (a third of the GAN's cost on a CPU);
+    the weight drifts slowly, so a few steps' reuse changes little. Saved with the stage for resume.
+    """
+
+    def __init__(self, every: int, max_weight: float) -> None:
+        self.every, self.max_weight = max(1, every), max_weight
+        self.value: float | None = None
+
+    def __call__(self, step: int, rec_loss: torch.Tensor, g_loss: torch.Tensor, last_layer: torch.Tensor) -> torch.Tensor:
+        if self.value is None or step % self.every == 0:
+            self.value = float(adaptive_weight(rec_loss, g_loss, last_layer, self.max_weight))
+        return torch.tensor(self.value, device=g_loss.device)
 
 
 def task_of(preset_name: str) -> str:
@@ -219,20 +267,19 @@ class PriorStage(StageBase):
         self.vq_cfg: VQConfig = get_preset(cfg.preset).prior
         self.vq = VQAutoEncoder(self.vq_cfg)
         if cfg.prior.init:
-            from .export import check_prior_fits, load_prior_file
-
             init_vq, _ = load_prior_file(cfg.prior.init)
             check_prior_fits(init_vq, self.vq_cfg, cfg.prior.init)
             self.vq.load_state_dict(init_vq.state_dict())
         self.vq.to(rt.device)
-        self.disc = PatchDiscriminator(width=disc_width(self.vq_cfg)).to(rt.device)
+        self.disc = PatchDiscriminator(width=disc_width(self.vq_cfg, cfg.prior.disc_width)).to(rt.device)
+        self.adaptive = AdaptiveWeight(cfg.prior.adaptive_every, 1e4)
         self.nets = {"vq": self.vq, "disc": self.disc}
         self.net = self.wrap(PriorNet(self.vq))
         self.disc_ddp = self.wrap(self.disc)
         o = cfg.prior
         self.add_optim("g", list(self.vq.parameters()), cfg.learning_rate, (0.9, 0.99))
         self.add_optim("d", list(self.disc.parameters()), cfg.learning_rate, (0.9, 0.99))
-        self.perceptual = Perceptual(o.perceptual_weight, rt.device, rt.say)
+        self.perceptual = Perceptual(o.perceptual_weight, rt.device, rt.say, o.perceptual_net)
         self.ema = ModelEMA(self.vq, cfg.ema_decay)
         self.restarted = 0
 
@@ -240,12 +287,14 @@ class PriorStage(StageBase):
         return {"architecture": "VQAutoEncoder", "config": config_to_dict(self.vq_cfg), "preset": self.cfg.preset}
 
     def extra_state(self) -> dict[str, Any]:
-        return {"usage": self.vq.quantizer.usage.detach().cpu().clone(), "restarted": self.restarted}
+        return {"usage": self.vq.quantizer.usage.detach().cpu().clone(), "restarted": self.restarted,
+                "adaptive": self.adaptive.value}
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
         if "usage" in state:
             self.vq.quantizer.usage.copy_(state["usage"])
         self.restarted = int(state.get("restarted", 0))
+        self.adaptive.value = state.get("adaptive")
 
     def train_step(self, batch: dict[str, Any], step: int) -> dict[str, float]:
         o = self.cfg.prior
@@ -256,7 +305,8 @@ class PriorStage(StageBase):
             out = self.net(x, continuous)
         rec = out["rec"].float()
         l1 = (rec - x).abs().mean()
-        perc = self.perceptual((rec + 1.0) * 0.5, gt) if self.perceptual.enabled else rec.new_zeros(())
+        with self.autocast():
+            perc = self.perceptual((rec + 1.0) * 0.5, gt) if self.perceptual.enabled else rec.new_zeros(())
         rec_loss = l1 + o.perceptual_weight * perc
         total = rec_loss + o.codebook_weight * out["codebook_loss"].float()
         m = {"l1": l1.item(), "perceptual": perc.item(), "codebook": out["codebook_loss"].item()}
@@ -266,7 +316,7 @@ class PriorStage(StageBase):
         if gan:
             with frozen(self.disc), self.autocast():
                 g = hinge_g_loss(self.disc(out["rec"]).float())
-            dw = adaptive_weight(rec_loss, g, self.vq.decoder.conv_out.weight) * o.disc_weight
+            dw = self.adaptive(step, rec_loss, g, self.vq.decoder.conv_out.weight) * o.disc_weight
             total = total + dw * g
             m.update(g=g.item(), d_weight=dw.item())
         self.step_optim("g", total)
@@ -472,6 +522,7 @@ class CodeStage(_RestorerStage):
         prior = load_prior(init_state)
         mcfg = restorer_config(cfg.preset, o.head, o.precondition, prior.cfg)
         self.recipe = o.recipe or default_recipe(mcfg)
+        check_recipe_scale(self.recipe, mcfg, cfg.preset)
         arch = "SRRestorer" if isinstance(mcfg, SRConfig) else "FaceRestorer"
         self.setup_restorer({"architecture": arch, "config": config_to_dict(mcfg)}, "none")
         self.precondition = o.precondition
@@ -481,8 +532,6 @@ class CodeStage(_RestorerStage):
         elif o.vr_init not in ("model", "zero"):
             raise UsageError(f"vr_init {o.vr_init!r}: expected model or zero")
         if o.init_weights:  # before whitening: exported heads are plain (folded)
-            from .export import load_restorer_weights
-
             load_restorer_weights(self.restorer, o.init_weights)
         if o.precondition == "whiten" and o.head == "vr":
             plain = whiten_heads(self.restorer)
@@ -528,29 +577,35 @@ class FidelityStage(_RestorerStage):
         meta = init_state["model"]
         model_cfg = config_from_dict(type(get_preset(cfg.preset)), meta["config"])
         self.recipe = fo.recipe or code_cfg.code.recipe or default_recipe(model_cfg)
+        check_recipe_scale(self.recipe, model_cfg, cfg.preset)
         self.setup_restorer(meta, meta.get("precondition", "none"))
         self.restorer.load_state_dict(init_state["ema"]["model"])
         if fo.init_weights:
             if self.precondition == "whiten" and self.model_cfg.head == "vr":
                 raise UsageError("fidelity --init: not supported after a whitened code stage; pass --init to `train code`")
-            from .export import load_restorer_weights
-
             load_restorer_weights(self.restorer, fo.init_weights)
         self.freeze_prior_parts()
         prior = VQAutoEncoder(self.model_cfg.prior)
         prior.load_state_dict(init_state["frozen"]["prior"])
         self.prepare_targets(prior)
         self.history = list(init_state.get("history", [])) + [init_state.get("summary", {})]
-        self.disc = PatchDiscriminator(width=disc_width(self.model_cfg.prior)).to(rt.device)
+        self.disc = PatchDiscriminator(width=disc_width(self.model_cfg.prior, fo.disc_width)).to(rt.device)
+        self.adaptive = AdaptiveWeight(fo.adaptive_every, 1.0)
         self.net = self.wrap(RestoreNet(self.restorer, fo.detach_code))
         self.disc_ddp = self.wrap(self.disc)
         self.nets = {"restorer": self.restorer, "disc": self.disc}
         params = [p for p in self.restorer.parameters() if p.requires_grad]
         self.add_optim("g", params, cfg.learning_rate, (0.9, 0.99))
         self.add_optim("d", list(self.disc.parameters()), cfg.learning_rate, (0.9, 0.99))
-        self.perceptual = Perceptual(fo.perceptual_weight, rt.device, rt.say)
+        self.perceptual = Perceptual(fo.perceptual_weight, rt.device, rt.say, fo.perceptual_net)
         self.ema = ModelEMA(self.restorer, cfg.ema_decay)
         self.last_layer = self._last_fuse_weight()
+
+    def extra_state(self) -> dict[str, Any]:
+        return {"adaptive": self.adaptive.value}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        self.adaptive.value = state.get("adaptive")
 
     def _last_fuse_weight(self) -> nn.Parameter | None:
         fuse = self.restorer.fuse
@@ -575,7 +630,8 @@ class FidelityStage(_RestorerStage):
             out = self.net(lq, w)
         img = out["image"].float()
         l1 = (img - gt).abs().mean()
-        perc = self.perceptual(img, gt) if self.perceptual.enabled else img.new_zeros(())
+        with self.autocast():
+            perc = self.perceptual(img, gt) if self.perceptual.enabled else img.new_zeros(())
         rec_loss = fo.l1_weight * l1 + fo.perceptual_weight * perc
         code, m = self.code_losses(out, f, idx, q)
         total = rec_loss + fo.code_weight * code
@@ -584,7 +640,7 @@ class FidelityStage(_RestorerStage):
         if gan:
             with frozen(self.disc), self.autocast():
                 g = hinge_g_loss(self.disc(out["image"] * 2.0 - 1.0).float())
-            dw = adaptive_weight(rec_loss, g, self.last_layer, max_weight=1.0) * fo.gan_weight
+            dw = self.adaptive(step, rec_loss, g, self.last_layer) * fo.gan_weight
             total = total + dw * g
             m.update(g=g.item(), d_weight=dw.item())
         self.step_optim("g", total)
@@ -598,11 +654,13 @@ class FidelityStage(_RestorerStage):
         return m
 
 
-def build_stage(cfg: TrainConfig, rt: Runtime) -> StageBase:
+def build_stage(cfg: TrainConfig, rt: Runtime, init_state: dict[str, Any] | None = None) -> StageBase:
+    """The stage named by ``cfg.stage``; ``init_state`` replaces reading the previous stage's checkpoint
+    from ``cfg.code.init`` / ``cfg.fidelity.init`` (the release runner builds it from exported files)."""
     if cfg.stage == "prior":
         return PriorStage(cfg, rt)
     if cfg.stage == "code":
-        return CodeStage(cfg, rt)
+        return CodeStage(cfg, rt, init_state)
     if cfg.stage == "fidelity":
-        return FidelityStage(cfg, rt)
+        return FidelityStage(cfg, rt, init_state)
     raise UsageError(f"unknown stage {cfg.stage!r}")

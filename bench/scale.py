@@ -1,0 +1,171 @@
+"""The scale path: images/s of 1 vs 2 local CLI shards and of Ray Data with 1 vs 2 actors, on the
+same images in one run.
+
+    python bench/scale.py                                      # face-cpu, 64 aligned 256 px crops, 1 and 2 workers
+    python bench/scale.py --task image --preset sr-tiny --size 128 --images 32 --markdown scale.md --json scale.json
+
+Each worker gets one CPU thread. "CLI shards" starts N ``vrrestore`` processes with ``--shard i/N``
+at the same moment and times until the last one ends. That includes interpreter start and model
+load, which an array job pays too. "Ray" times ``restore_with_ray`` with an actor pool of N
+actors, each with 1 CPU, on a local Ray instance started once beforehand (a cluster is already
+running when a job is sent to it); the time includes starting the actors and loading their models.
+The models have random weights, which cost the same time as trained ones. On a small machine the
+point is the overhead, not the speed: Ray should be within 15% of the CLI's images/s at the same
+parallelism.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def make_inputs(folder: Path, n: int, size: int, seed: int = 0) -> None:
+    """``n`` smooth random RGB images (noise at a quarter size, upscaled): cheap, and not flat."""
+    import cv2
+
+    from vrrestore.io import Image, write_image
+
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        small = rng.integers(0, 256, (max(1, size // 4), max(1, size // 4), 3), dtype=np.uint8)
+        write_image(Image(cv2.resize(small, (size, size), interpolation=cv2.INTER_CUBIC)), folder / f"im{i:04d}.png")
+
+
+def make_model(path: Path, preset_name: str) -> Path:
+    import torch
+
+    from vrrestore.checkpoint import save_checkpoint
+    from vrrestore.models import build_model, preset
+
+    torch.manual_seed(0)
+    arch = "FaceRestorer" if preset_name.startswith("face") else "SRRestorer"
+    return save_checkpoint(build_model(arch, preset(preset_name)), path)
+
+
+def cli_args(task: str, precision: str) -> list[str]:
+    if task == "face":
+        return ["face", "--aligned", "-s", "1", "--precision", precision, "--ext", "bmp"]
+    return ["image", "--precision", precision, "--ext", "bmp"]
+
+
+def run_shards(workers: int, inputs: Path, out: Path, model: Path, task: str, precision: str) -> dict[str, float]:
+    """N CLI processes, one shard each, started together; wall seconds until the last one ends."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    for var in ("SLURM_ARRAY_TASK_ID", "JOB_COMPLETION_INDEX", "RANK"):
+        env.pop(var, None)
+    t0 = time.perf_counter()
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "vrrestore", *cli_args(task, precision), str(inputs), "-o", str(out), "-m", str(model),
+             "--threads", "1", "--shard", f"{i}/{workers}", "--json"],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, text=True,
+        )
+        for i in range(workers)
+    ]
+    reports = [json.loads(p.communicate()[0]) for p in procs]
+    wall = time.perf_counter() - t0
+    bad = [r for r in reports if r["exit_code"] != 0]
+    if bad:
+        raise SystemExit(f"a CLI shard failed: {bad[0]['error'] or bad[0]['summary']}")
+    done = sum(r["summary"]["ok"] for r in reports)
+    return {"wall_s": wall, "images": done, "batch_s": max(r["seconds"] for r in reports)}
+
+
+def run_ray(workers: int, inputs: Path, out: Path, model: Path, task: str, precision: str, batch_size: int) -> dict[str, float]:
+    from vrrestore.api import Restorer
+    from vrrestore.integrations.ray import restore_with_ray
+
+    options = {"aligned": True, "upscale": 1} if task == "face" else {}
+    restorer = Restorer.from_file(model, lazy=True, precision=precision, **options)
+    t0 = time.perf_counter()
+    run = restore_with_ray(inputs, out, restorer, actors=workers, cpus_per_actor=1, batch_size=batch_size, ext="bmp")
+    wall = time.perf_counter() - t0
+    if run.exit_code != 0:
+        raise SystemExit(f"Ray failed on some files: {run.summary}")
+    return {"wall_s": wall, "images": run.summary["ok"]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--task", choices=("face", "image"), default="face", help="face: aligned crops (no detection); image: tiled SR")
+    ap.add_argument("--preset", default=None, help="model preset (default: face-cpu for face, sr-x4-cpu for image)")
+    ap.add_argument("--images", type=int, default=64)
+    ap.add_argument("--size", type=int, default=None, help="input side in px (default: the face model's size; 128 for image)")
+    ap.add_argument("--workers", default="1,2", help="comma-separated worker counts (shards and actors)")
+    ap.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"))
+    ap.add_argument("--batch-size", type=int, default=4, help="rows per Ray batch")
+    ap.add_argument("--no-ray", action="store_true", help="only the CLI shards")
+    ap.add_argument("--markdown", type=Path, help="also write the table here")
+    ap.add_argument("--json", type=Path, help="also write the raw numbers here")
+    args = ap.parse_args()
+
+    from vrrestore.models import preset
+
+    name = args.preset or ("face-cpu" if args.task == "face" else "sr-x4-cpu")
+    cfg = preset(name)
+    size = args.size or (cfg.prior.img_size if args.task == "face" else 128)  # type: ignore[union-attr]
+    workers = [int(w) for w in args.workers.split(",")]
+    tmp = Path(tempfile.mkdtemp(prefix="vrrestore-scale-"))
+    rows: list[dict[str, object]] = []
+    try:
+        make_inputs(tmp / "in", args.images, size)
+        model = make_model(tmp / "model.safetensors", name)
+        for w in workers:
+            r = run_shards(w, tmp / "in", tmp / f"cli{w}", model, args.task, args.precision)
+            rows.append({"path": "CLI shards", "workers": w, **r})
+            print(f"CLI shards x{w}: {r['images']} images in {r['wall_s']:.1f} s", file=sys.stderr)
+        if not args.no_ray:
+            import ray
+
+            ray.init(num_cpus=max(workers), include_dashboard=False, log_to_driver=False,
+                     runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
+            ray.data.DataContext.get_current().enable_progress_bars = False
+            try:
+                for w in workers:
+                    r = run_ray(w, tmp / "in", tmp / f"ray{w}", model, args.task, args.precision, args.batch_size)
+                    rows.append({"path": "Ray Data", "workers": w, **r})
+                    print(f"Ray x{w}: {r['images']} images in {r['wall_s']:.1f} s", file=sys.stderr)
+            finally:
+                ray.shutdown()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    cli_rate = {r["workers"]: r["images"] / r["wall_s"] for r in rows if r["path"] == "CLI shards"}  # type: ignore[operator]
+    lines = [
+        "`" + " ".join(["python bench/scale.py", *sys.argv[1:]]) + "`",
+        f"({time.strftime('%Y-%m-%d')}, {args.task} {name}, {args.images} images of {size} px, precision {args.precision}, "
+        f"{os.cpu_count()} CPUs, {platform.machine()}, Python {platform.python_version()})",
+        "",
+        "| path | workers | images | wall s | images/s | vs CLI, same workers |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        rate = r["images"] / r["wall_s"]  # type: ignore[operator]
+        rel = rate / cli_rate[r["workers"]] if r["workers"] in cli_rate else float("nan")
+        r["images_per_s"] = round(rate, 3)
+        lines.append(f"| {r['path']} | {r['workers']} | {r['images']} | {r['wall_s']:.1f} | {rate:.2f} | {rel:.0%} |")
+    table = "\n".join(lines)
+    print(table)
+    if args.markdown:
+        args.markdown.write_text(table + "\n")
+    if args.json:
+        args.json.write_text(json.dumps({"task": args.task, "preset": name, "images": args.images, "size": size,
+                                         "precision": args.precision, "rows": rows}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

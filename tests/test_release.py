@@ -1,0 +1,239 @@
+"""Release schedules: pieces within a budget, exports + progress, exact resume on the same machine,
+and continuation from the committed weights alone (a new machine / clean checkout)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from cli_main import run_main
+from test_train import make_images
+
+from vrrestore.checkpoint import load_checkpoint
+from vrrestore.train import release as rel
+from vrrestore.train.files import load_prior_file
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def tiny_schedule(prior_steps: int = 4, code_steps: int = 3, fid_steps: int = 2) -> rel.Schedule:
+    fid = dict(disc_width=8, adaptive_every=2, disc_start=0)
+    return rel.Schedule(
+        name="tiny", task="face", preset="face-tiny", data=("train",), eval_data="test", eval_recipe="face",
+        batch_size=2, seed=0, eval_images=2,
+        units=(
+            rel.Unit("prior", prior_steps, lr=1e-3, options=dict(disc_start=2, disc_width=8, continuous_prob=0.5, perceptual_weight=0.0)),
+            rel.Unit("code", code_steps, "vr", lr=1e-3),
+            rel.Unit("code", code_steps, "vq", lr=1e-3),
+            rel.Unit("fidelity", fid_steps, "vr", lr=1e-4, options=dict(fid, perceptual_weight=0.0)),
+            rel.Unit("fidelity", fid_steps, "vq", lr=1e-4, options=dict(fid, perceptual_weight=0.0)),
+        ),
+        release={"vr": "vr-tiny", "vq": "vq-tiny"},
+    )
+
+
+@pytest.fixture()
+def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
+    monkeypatch.setenv("VRRESTORE_CACHE", str(tmp_path / "cache"))
+    data = tmp_path / "data"
+    make_images(data / "train", n=6, size=64)
+    make_images(data / "test", n=2, size=64, seed=9)
+    monkeypatch.setattr(rel, "RESERVE_S", 0.0)
+    monkeypatch.setattr(rel, "MIN_PIECE_S", 0.0)
+    return {"data": data, "out": tmp_path / "release" / "tiny", "state": tmp_path / "state"}
+
+
+def _run(world: dict[str, Path], schedule: rel.Schedule, minutes: float = 30.0) -> list[rel.PieceResult]:
+    return rel.run(schedule, minutes, world["out"], world["state"], world["data"], say=lambda _s: None)
+
+
+def test_whole_schedule_exports_every_unit_with_progress_and_eval(world: dict[str, Path]) -> None:
+    sch = tiny_schedule()
+    results = _run(world, sch)
+    assert [r.unit for r in results] == ["prior", "code-vr", "code-vq", "fidelity-vr", "fidelity-vq"]
+    assert all(r.reason == "done" for r in results)
+    progress = json.loads((world["out"] / "progress.json").read_text())
+    for u in sch.units:
+        rec = progress["units"][u.name]
+        assert rec["step"] == u.steps and rec["images_seen"] == u.steps * 2
+        assert (world["out"] / rec["file"]).is_file() and len(rec["sha256"]) == 64
+        assert rec["seconds"] > 0 and rec["cpu_hours"] == pytest.approx(rec["seconds"] / 3600, abs=1e-3)
+        assert rec["machines"][0]["threads"] == 1
+    ev = progress["units"]["prior"]["eval"]
+    assert ev["images"] == 2 and 5.0 < ev["psnr_continuous"] < 60.0 and 5.0 < ev["psnr_quantized"] < 60.0
+    fid = progress["units"]["fidelity-vr"]["eval"]
+    assert set(fid) >= {"w0", "w0.5", "w1"} and fid["w0.5"]["psnr"] > 5.0
+    # the exported restorers are complete inference models with the schedule's heads
+    assert load_checkpoint(world["out"] / "fidelity-vq.safetensors").head == "vq"
+    assert load_checkpoint(world["out"] / "fidelity-vr.safetensors").head == "vr"
+    # a second call has nothing left to do
+    assert _run(world, sch) == []
+
+
+def test_budget_stops_a_unit_and_the_next_call_resumes_it_exactly(world: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    sch = tiny_schedule(prior_steps=6)
+    from vrrestore.train import loop
+
+    real_train = loop.train
+
+    def stop_after_3(cfg, resume=False, stop=None, init_state=None):  # noqa: ANN001, ANN202
+        return real_train(cfg, resume=resume, stop=lambda s: s >= 3, init_state=init_state)
+
+    monkeypatch.setattr(loop, "train", stop_after_3)
+    first = _run(world, sch)
+    assert [(r.unit, r.step, r.reason) for r in first] == [("prior", 3, "interrupted")]
+    assert json.loads((world["out"] / "progress.json").read_text())["units"]["prior"]["step"] == 3
+    monkeypatch.setattr(loop, "train", real_train)
+    second = _run(world, sch, minutes=30.0)
+    assert second[0].unit == "prior" and second[0].step == 6
+    log = [json.loads(x) for x in (world["state"] / "tiny" / "prior" / "log.jsonl").read_text().splitlines()]
+    starts = [r for r in log if r["event"] == "start"]
+    assert [s["resumed"] for s in starts] == [False, True] and starts[1]["step"] == 3
+
+
+def test_new_machine_continues_from_committed_weights(world: dict[str, Path]) -> None:
+    """Clean checkout: only release/<schedule>/ survives; a longer schedule continues from it."""
+    short = tiny_schedule(prior_steps=4, code_steps=3)
+    _run(world, short)
+    prior_before, _ = load_prior_file(world["out"] / "prior.safetensors")
+    shutil.rmtree(world["state"])  # the new machine has no training state
+    longer = dataclasses.replace(short, units=tuple(
+        dataclasses.replace(u, steps=5) if u.name == "code-vr" else u for u in short.units))
+    results = _run(world, longer)
+    assert [r.unit for r in results] == ["code-vr", "fidelity-vr"]  # the prior and code-vq stay done
+    assert results[0].start_step == 3 and results[0].step == 5
+    log = [json.loads(x) for x in (world["state"] / "tiny" / "code-vr" / "log.jsonl").read_text().splitlines()]
+    start = [r for r in log if r["event"] == "start"]
+    assert len(start) == 1 and start[0]["step"] == 3 and not start[0]["resumed"]
+    assert [r["step"] for r in log if r["event"] == "step"] == [5]
+    # the prior it trained on is the committed one, unchanged
+    prior_after, _ = load_prior_file(world["out"] / "prior.safetensors")
+    for a, b in zip(prior_before.state_dict().values(), prior_after.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    # code-vr changed, so fidelity-vr (downstream) was trained again from the new file
+    progress = json.loads((world["out"] / "progress.json").read_text())
+    assert progress["units"]["fidelity-vr"]["upstream_sha256"] == progress["units"]["code-vr"]["sha256"]
+
+
+def test_cli_release_status_and_unknown_schedule(
+    world: dict[str, Path], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = run_main(monkeypatch, capsys, "train", "release", "nope", "--minutes", "5")
+    assert code == 2 and "unknown schedule" in err and "face" in err
+    code, out, _ = run_main(monkeypatch, capsys, "train", "release", "face", "--minutes", "5", "--status",
+                            "--out", str(world["out"].parent))
+    assert code == 0 and out.splitlines()[0].split()[:2] == ["prior", f"0/{rel.SCHEDULES['face'].unit('prior').steps}"]
+
+
+# ------------------------------------------------------------------------------------------------
+# the sr schedule: data entries outside the data root, held-out SR images of any size
+
+
+def tiny_sr_schedule(prior_steps: int = 3, code_steps: int = 2, fid_steps: int = 1) -> rel.Schedule:
+    """The face tiny schedule's chain on sr-tiny, with a cache data entry like the sr schedule's."""
+    fid = dict(disc_width=8, adaptive_every=2, disc_start=0, perceptual_weight=0.0)
+    return rel.Schedule(
+        name="tiny-sr", task="sr", preset="sr-tiny", data=("train", "cache:data/wallpapers"), eval_data="sr_test",
+        eval_recipe="sr-x4", batch_size=2, seed=0, eval_images=3,
+        units=(
+            rel.Unit("prior", prior_steps, lr=1e-3, options=dict(disc_start=2, disc_width=8, continuous_prob=0.5, perceptual_weight=0.0)),
+            rel.Unit("code", code_steps, "vr", lr=1e-3),
+            rel.Unit("fidelity", fid_steps, "vr", lr=1e-4, options=fid),
+        ),
+        release={"vr": "vr-tiny-sr"},
+    )
+
+
+def _sr_test_images(folder: Path) -> None:
+    """Set14-like held-out HR images: sizes not multiples of 8 (one not even of 4), one grey."""
+    import cv2
+    import numpy as np
+
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(3)
+    for i, (h, w) in enumerate([(68, 92), (76, 60), (70, 90)]):
+        img = cv2.GaussianBlur(rng.random((h, w, 3)).astype(np.float32), (0, 0), 2)
+        img = (255 * (img - img.min()) / (img.max() - img.min())).astype(np.uint8)
+        cv2.imwrite(str(folder / f"img_{i:03d}.png"), cv2.cvtColor(img, cv2.COLOR_BGR2GRAY) if i == 1 else img)
+
+
+def test_data_entries_resolve_under_the_data_root_the_cache_or_as_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VRRESTORE_CACHE", str(tmp_path / "cache"))
+    root = tmp_path / "data"
+    assert rel.data_path("packs/sr_train_480.tar", root) == root / "packs/sr_train_480.tar"
+    assert rel.data_path("cache:data/wallpapers", root) == tmp_path / "cache" / "data" / "wallpapers"
+    assert rel.data_path(str(tmp_path / "elsewhere"), root) == tmp_path / "elsewhere"
+    with pytest.raises(rel.UsageError, match=r"wallpapers: not found .*run `vrrestore train wallpapers` first"):
+        rel.data_path("cache:data/wallpapers", root, check=True)
+    sch = dataclasses.replace(tiny_sr_schedule(), data=("train", "cache:data/wallpapers", str(tmp_path / "abs")))
+    (tmp_path / "cache" / "data" / "wallpapers").mkdir(parents=True)
+    cfg = rel.unit_config(sch, sch.units[0], tmp_path / "run", root)
+    assert cfg.data == (str(root / "train"), str(tmp_path / "cache/data/wallpapers"), str(tmp_path / "abs"))
+
+
+def test_sr_schedule_is_the_face_chain_on_sr_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from vrrestore.data.degradations import RECIPES, SRRecipe
+    from vrrestore.models import preset
+
+    sr, face = rel.SCHEDULES["sr"], rel.SCHEDULES["face"]
+    assert (sr.task, sr.preset, sr.batch_size, sr.eval_data) == ("sr", "sr-x4-cpu", 8, "sr_hq/Set14/HR")
+    assert sr.data == ("packs/sr_train_480.tar", "cache:data/wallpapers")
+    assert preset(sr.preset).scale == 4
+    assert isinstance(RECIPES[sr.eval_recipe], SRRecipe) and RECIPES[sr.eval_recipe].final_resize == "random"  # blind
+    assert [u.name for u in sr.units] == [u.name for u in face.units]
+    assert {u.name: u.steps for u in sr.units} == {"prior": 4000, "code-vr": 1200, "fidelity-vr": 600, "code-vq": 1200, "fidelity-vq": 600}
+    for a, b in zip(sr.units, face.units, strict=True):
+        assert (a.lr, a.warmup_steps, a.cosine, a.options) == (b.lr, b.warmup_steps, b.cosine, b.options)
+    assert sr.release == {"vr": "vr-sr-x4-s", "vq": "vq-sr-x4-s"}
+    registry = json.loads((Path(rel.__file__).parents[1] / "weights.json").read_text())
+    assert set(sr.release.values()) <= {m["name"] for m in registry["models"]}
+    # training degrades with the SR default recipe (sr-x4, blind): no unit pins another one
+    monkeypatch.setenv("VRRESTORE_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "cache" / "data" / "wallpapers").mkdir(parents=True)
+    for name in ("code-vr", "fidelity-vq"):
+        cfg = rel.unit_config(sr, sr.unit(name), tmp_path / "run", tmp_path / "root")
+        assert getattr(cfg, cfg.stage).recipe == ""
+        assert cfg.data == (str(tmp_path / "root/packs/sr_train_480.tar"), str(tmp_path / "cache/data/wallpapers"))
+
+
+def test_tiny_sr_schedule_trains_and_evaluates_on_odd_sized_images(world: dict[str, Path], tmp_path: Path) -> None:
+    make_images(tmp_path / "cache" / "data" / "wallpapers", n=2, size=80, seed=5)
+    _sr_test_images(world["data"] / "sr_test")
+    sch = tiny_sr_schedule()
+    results = rel.run(sch, 30.0, world["out"].with_name("tiny-sr"), world["state"], world["data"], say=lambda _s: None)
+    assert [(r.unit, r.reason) for r in results] == [("prior", "done"), ("code-vr", "done"), ("fidelity-vr", "done")]
+    progress = json.loads((world["out"].with_name("tiny-sr") / "progress.json").read_text())
+    assert all("eval_error" not in r for r in progress["units"].values()), progress
+    prior = progress["units"]["prior"]["eval"]
+    assert prior["images"] == 3 and 5.0 < prior["psnr_quantized"] < 60.0
+    fid = progress["units"]["fidelity-vr"]["eval"]
+    assert fid["images"] == 3 and fid["recipe"] == "sr-x4" and set(fid) >= {"w0", "w0.5", "w1"}
+    assert all(5.0 < fid[w]["psnr"] < 60.0 for w in ("w0", "w0.5", "w1"))
+    log = [json.loads(x) for x in (world["state"] / "tiny-sr" / "prior" / "log.jsonl").read_text().splitlines()]
+    assert any(r["event"] == "start" for r in log)
+
+
+def test_sr_schedule_without_wallpapers_says_which_command_fills_them(world: dict[str, Path]) -> None:
+    _sr_test_images(world["data"] / "sr_test")
+    with pytest.raises(rel.UsageError, match="run `vrrestore train wallpapers` first"):
+        rel.run(tiny_sr_schedule(), 30.0, world["out"].with_name("tiny-sr"), world["state"], world["data"], say=lambda _s: None)
+
+
+def test_evaluate_restorer_pads_for_a_token_merging_sr_model(tmp_path: Path) -> None:
+    """sr-x4-cpu merges 2x2 latent tokens: its LR input must divide by 4, not just by the
+    prior's 8 / scale 4 = 2; the size multiple says so, so Set14's sizes run."""
+    from vrrestore.checkpoint import save_checkpoint
+    from vrrestore.models import preset
+    from vrrestore.models.descriptor import build_model
+
+    cfg = dataclasses.replace(preset("sr-tiny"), token_merge=2)
+    torch.manual_seed(0)
+    file = save_checkpoint(build_model("SRRestorer", cfg), tmp_path / "merge2.safetensors")
+    assert cfg.size_multiple == 4 and preset("sr-tiny").size_multiple == 2 and preset("sr-x4-cpu").size_multiple == 4
+    _sr_test_images(tmp_path / "sr_test")  # LR 17x23, 19x15, 17x22
+    ev = rel.evaluate_restorer(file, tiny_sr_schedule(), tmp_path, (0.0, 1.0))
+    assert ev["images"] == 3 and 0.0 < ev["w0"]["psnr"] < 60.0 and 0.0 < ev["w1"]["psnr"] < 60.0

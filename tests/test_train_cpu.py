@@ -1,0 +1,172 @@
+"""CPU training options: precision, LR schedule, critic width, adaptive-weight reuse, perceptual
+backbone, one-line usage errors, an ETA that respects the time budget, the CPU presets' budgets."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from cli_main import run_main
+from test_train import make_images
+
+from vrrestore.train import loop
+from vrrestore.train import stages as stages_mod
+from vrrestore.train.config import PriorOptions, TrainConfig
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_images(tmp_path_factory.mktemp("cpu-data"), n=4, size=48)
+
+
+def events(run: Path) -> list[dict]:
+    return [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines()]
+
+
+def test_prior_cli_flags_reach_the_run(data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "run"
+    code, _, err = run_main(
+        monkeypatch, capsys, "train", "prior", "--data", str(data), "--out", str(out), "--preset", "face-tiny",
+        "--steps", "4", "--batch-size", "2", "--workers", "0", "--size", "32", "--lr", "0.001",
+        "--precision", "fp32", "--warmup-steps", "2", "--cosine", "--disc-start", "0", "--disc-width", "8",
+        "--adaptive-every", "3", "--perceptual", "alex",
+    )
+    assert code == 0, err
+    ev = events(out)
+    cfg = ev[0]["config"]
+    assert (cfg["precision"], cfg["warmup_steps"], cfg["cosine"]) == ("fp32", 2, True)
+    assert (cfg["prior"]["disc_width"], cfg["prior"]["adaptive_every"], cfg["prior"]["perceptual_net"]) == (8, 3, "alex")
+    assert any(e.get("text") == "precision: fp32 (--precision fp32)" for e in ev)
+    state = torch.load(out / "prior.pt", weights_only=True)
+    assert state["nets"]["disc"]["net.0.weight"].shape[0] == 8  # critic width 8
+    lrs = [e["lr"] for e in ev if e["event"] == "step"]
+    assert lrs[-1] == pytest.approx(1e-3 * (0.1 + 0.9 * 0.5 * (1 + torch.cos(torch.tensor(torch.pi)).item())))  # cosine end
+
+
+def test_code_and_fidelity_cli_take_precision_and_schedule(data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    prior = tmp_path / "prior"
+    common = ["--data", str(data), "--batch-size", "2", "--workers", "0", "--size", "32", "--steps", "2"]
+    assert run_main(monkeypatch, capsys, "train", "prior", "--out", str(prior), "--preset", "face-tiny", *common)[0] == 0
+    code = tmp_path / "code"
+    rc, _, err = run_main(monkeypatch, capsys, "train", "code", "--out", str(code), "--prior", str(prior), *common,
+                          "--precision", "bf16", "--warmup-steps", "5", "--constant")
+    assert rc == 0, err
+    cfg = events(code)[0]["config"]
+    assert (cfg["precision"], cfg["warmup_steps"], cfg["cosine"]) == ("bf16", 5, False)
+    assert [e["lr"] for e in events(code) if e["event"] == "step"][-1] == pytest.approx(1e-4 * 3 / 5)  # warm-up: the rate for the next step
+    fid = tmp_path / "fid"
+    rc, _, err = run_main(monkeypatch, capsys, "train", "fidelity", "--out", str(fid), "--code", str(code), *common,
+                          "--precision", "fp32", "--disc-width", "8", "--adaptive-every", "2", "--perceptual", "alex",
+                          "--disc-start", "0")
+    assert rc == 0, err
+    cfg = events(fid)[0]["config"]
+    assert cfg["precision"] == "fp32" and cfg["fidelity"]["disc_width"] == 8 and cfg["fidelity"]["adaptive_every"] == 2
+
+
+def test_adaptive_weight_is_recomputed_every_n_steps(data: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[int] = []
+    real = stages_mod.adaptive_weight
+
+    def counting(*a, **k):  # noqa: ANN002, ANN003, ANN202
+        calls.append(1)
+        return real(*a, **k)
+
+    monkeypatch.setattr(stages_mod, "adaptive_weight", counting)
+    cfg = TrainConfig(stage="prior", data=(str(data),), out="", preset="face-tiny", batch_size=2, workers=0,
+                      prior=PriorOptions(disc_start=0, adaptive_every=3, perceptual_weight=0.0))
+    st = stages_mod.PriorStage(cfg, stages_mod.Runtime(torch.device("cpu"), say=lambda _s: None))
+    batch = {"gt": torch.rand(2, 3, 64, 64)}
+    weights = [st.train_step(batch, s)["d_weight"] for s in range(7)]
+    assert len(calls) == 3  # steps 0, 3, 6
+    assert weights[1] == weights[0] and weights[2] == weights[0]
+    assert st.extra_state()["adaptive"] == pytest.approx(weights[6])
+
+
+@pytest.mark.parametrize(("args", "needle"), [
+    (["--preset", "face-huge"], "--preset face-huge: unknown preset"),
+])
+def test_unknown_preset_is_a_one_line_usage_error(data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                  capsys: pytest.CaptureFixture[str], args: list[str], needle: str) -> None:
+    code, _, err = run_main(monkeypatch, capsys, "train", "prior", "--data", str(data), "--out", str(tmp_path / "r"), *args)
+    assert code == 2 and needle in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_sr_recipe_on_a_face_prior_is_a_usage_error(data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    prior = tmp_path / "prior"
+    common = ["--data", str(data), "--batch-size", "2", "--workers", "0", "--size", "32", "--steps", "1"]
+    assert run_main(monkeypatch, capsys, "train", "prior", "--out", str(prior), "--preset", "face-tiny", *common)[0] == 0
+    code, _, err = run_main(monkeypatch, capsys, "train", "code", "--out", str(tmp_path / "c"), "--prior", str(prior),
+                            "--recipe", "sr-x4", *common)
+    assert code == 2 and "--recipe sr-x4 makes x4 inputs" in err and "Traceback" not in err
+    assert not (tmp_path / "c" / "code.pt").exists()
+
+
+def test_eta_follows_the_time_budget() -> None:
+    assert loop.eta_text(600, 1.0, None, 0.0) == "ETA 0:10:00"
+    assert loop.eta_text(60_000, 1.0, 180.0, 60.0) == "ETA 0:02:00 (budget)"  # 3-minute budget, 1 minute gone
+    assert loop.eta_text(60, 1.0, 180.0, 60.0) == "ETA 0:01:00"  # the steps end first
+    assert loop.eta_text(10, 0.0, None, 0.0) == "ETA -:--:--"
+
+
+def test_cpu_presets_stay_within_their_flop_budgets() -> None:
+    """Issue budget: face restorer <= 20 GFLOP at 256 px, x4 SR <= 10 GFLOP per 64x64 LR input."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from vrrestore.models import build_model, preset
+
+    for name, arch, side, budget in (("face-cpu", "FaceRestorer", 256, 20.0), ("sr-x4-cpu", "SRRestorer", 64, 10.0)):
+        m = build_model(arch, preset(name)).requires_grad_(False)
+        with torch.no_grad(), FlopCounterMode(display=False) as fc:
+            out = m(torch.rand(1, 3, side, side), 0.5)
+        assert fc.get_total_flops() / 1e9 <= budget, name
+        assert out.shape[-1] == (side if arch == "FaceRestorer" else 4 * side)
+
+
+def test_training_bench_reports_rates_shares_and_uses_the_schedule_options() -> None:
+    from vrrestore.train import bench
+
+    prior, fid, batch = bench.schedule_options("face-cpu")
+    assert (prior["disc_width"], prior["adaptive_every"], prior["perceptual_net"], batch) == (16, 4, "alex", 8)
+    assert fid["disc_width"] == 16 and bench.schedule_options("face-tiny") == ({}, {}, None)
+    rows = bench.bench(["face-tiny"], batch_size=2, steps=1, precisions=("fp32", "bf16"), say=lambda _s: None)
+    assert [r["precision"] for r in rows] == ["fp32", "bf16"]
+    for r in rows:
+        assert all(r[k] > 0 for k in ("prior", "code", "fidelity", "degrade"))  # type: ignore[operator]
+        assert -1.0 < r["prior_share"] < 1.0 and -1.0 < r["fidelity_share"] < 1.0  # type: ignore[operator]
+
+
+def test_export_refuses_an_existing_file_unless_overwrite(data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    run = tmp_path / "p"
+    common = ["--data", str(data), "--batch-size", "2", "--workers", "0", "--size", "32", "--steps", "1"]
+    assert run_main(monkeypatch, capsys, "train", "prior", "--out", str(run), "--preset", "face-tiny", *common)[0] == 0
+    dst = tmp_path / "prior.safetensors"
+    assert run_main(monkeypatch, capsys, "train", "export", str(run / "prior.pt"), "-o", str(dst))[0] == 0
+    before = dst.read_bytes()
+    code, _, err = run_main(monkeypatch, capsys, "train", "export", str(run / "prior.pt"), "-o", str(dst))
+    assert code == 2 and "already exists" in err and "--overwrite" in err and dst.read_bytes() == before
+    assert run_main(monkeypatch, capsys, "train", "export", str(run / "prior.pt"), "-o", str(dst), "--overwrite")[0] == 0
+    assert dst.stat().st_mode & 0o044  # readable by others, not 0600
+
+
+def test_max_pixels_flag_skips_big_training_images(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("VRRESTORE_MAX_PIXELS", "0")  # the flag overwrites it; monkeypatch removes it after the test
+    small = make_images(tmp_path / "d", n=4, size=32)
+    make_images(tmp_path / "big", n=1, size=64, seed=3)
+    (tmp_path / "big" / "im00.png").rename(small / "big.png")
+    run = tmp_path / "r"
+    code, _, err = run_main(monkeypatch, capsys, "train", "prior", "--data", str(small), "--out", str(run), "--preset",
+                            "face-tiny", "--batch-size", "2", "--workers", "0", "--size", "32", "--steps", "3",
+                            "--max-pixels", "2000")
+    assert code == 0, err
+    texts = [e.get("text", "") for e in events(run) if e["event"] == "message"]
+    assert any("big.png" in t and "skipping" in t for t in texts)
+    assert not any("im0" in t for t in texts)

@@ -1,0 +1,59 @@
+"""Exported files that start or continue a training stage: priors (``train export RUN/prior.pt``)
+and restorers. Stages and the exporter both import this; it imports neither (no import cycle)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from torch import nn
+
+from ..checkpoint import load_checkpoint
+from ..errors import UsageError
+from ..models.config import config_from_dict, config_to_dict
+from ..models.descriptor import architecture_of
+from ..models.vqgan import VQAutoEncoder, VQConfig
+
+PRIOR_FORMAT = "vrrestore-prior"
+PRIOR_PARTS = ("quantizer.", "decoder.")  # restorer weights owned by the prior
+
+
+def load_prior_file(path: str | os.PathLike[str]) -> tuple[VQAutoEncoder, dict[str, str]]:
+    """The VQAutoEncoder (fp32) and metadata of an exported prior; UsageError if it is not one."""
+    p = Path(path)
+    try:
+        with safe_open(str(p), framework="pt") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open is not a mapping
+    except (SafetensorError, OSError, ValueError) as err:
+        raise UsageError(f"{p}: not a readable safetensors file ({err})") from None
+    if meta.get("format") != PRIOR_FORMAT:
+        raise UsageError(f"{p}: not an exported prior (format {meta.get('format')!r}); use `vrrestore train export RUN/prior.pt`")
+    vq = VQAutoEncoder(config_from_dict(VQConfig, json.loads(meta["config"])))
+    try:
+        vq.load_state_dict({k: t.float() if t.is_floating_point() else t for k, t in tensors.items()})
+    except RuntimeError as err:
+        raise UsageError(f"{p}: tensors do not fit its own config ({str(err).splitlines()[0]})") from None
+    return vq, meta
+
+
+def check_prior_fits(vq: VQAutoEncoder, cfg: VQConfig, path: str | os.PathLike[str]) -> None:
+    """Refuse an --init prior whose geometry differs from the preset's (shapes would silently clash)."""
+    if config_to_dict(vq.cfg) != config_to_dict(cfg):
+        raise UsageError(f"{path}: the prior's geometry does not match --preset; use the preset it was trained with")
+
+
+def load_restorer_weights(model: nn.Module, path: str | os.PathLike[str]) -> None:
+    """Copy an exported restorer's weights into ``model``, except the prior's codebook and decoder
+    (those come from the current prior, which may have moved on since the file was written)."""
+    src = load_checkpoint(path).model
+    if architecture_of(src) != architecture_of(model):
+        raise UsageError(f"{path}: --init has another architecture, preset or head than this stage's model")
+    state = {k: v for k, v in src.state_dict().items() if not k.startswith(PRIOR_PARTS)}
+    with torch.no_grad():
+        result = model.load_state_dict(state, strict=False)
+    if result.unexpected_keys or any(not k.startswith(PRIOR_PARTS) for k in result.missing_keys):
+        raise UsageError(f"{path}: --init tensors do not match this stage's model")

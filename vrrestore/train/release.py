@@ -1,0 +1,570 @@
+"""Release schedules: how the default models are trained, cut into pieces that fit one session.
+
+    vrrestore train release face --minutes 130
+
+does the next piece of the ``face`` schedule within the wall-clock budget and stops cleanly
+before it: it resumes the unit (prior, code-vr, code-vq, fidelity-vr, fidelity-vq) that is not
+finished yet, exports the EMA weights of what it trained (fp16 safetensors), evaluates them on
+held-out images and writes ``progress.json`` next to them.
+
+Two places, two lifetimes:
+- ``--state`` (default ``~/.cache/vrrestore/release``): full training state (optimisers, EMA, RNG,
+  data position) for an exact resume when the same machine comes back. Large; never committed.
+- ``--out`` (default ``release/``, committed): per unit the exported weights and the progress
+  record. On a new machine a unit continues from these (weights exact; optimiser moments fresh;
+  learning rate, critic start and data order continue from the recorded step).
+
+A unit records the sha256 of the file it started from; if that file changes (say a longer prior
+was trained), everything downstream of it is trained again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..cache import cache_dir
+from ..errors import UsageError
+from ..models.config import config_to_dict
+from ..models.descriptor import architecture_of
+from ..precision import cpu_bf16_flags, cpu_model
+from . import ckpt
+from .config import CodeOptions, FidelityOptions, PriorOptions, Stage, TrainConfig
+from .files import load_prior_file
+
+
+def default_state() -> Path:
+    """Full training states live in the cache ($VRRESTORE_CACHE/release), outside the work tree."""
+    return cache_dir("release")
+RESERVE_S = 240.0  # kept back from the budget for the last export, evaluation and progress file
+MIN_PIECE_S = 300.0  # a unit is not started or resumed with less time than this left
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One trained piece of a schedule: a stage, and for code/fidelity the head it trains."""
+
+    stage: Stage
+    steps: int
+    head: str = ""
+    lr: float = 0.0  # 0 = the stage default
+    warmup_steps: int = 0
+    cosine: bool = True
+    options: dict[str, Any] = field(default_factory=dict)  # fields of Prior/Code/FidelityOptions
+
+    @property
+    def name(self) -> str:
+        return self.stage if self.stage == "prior" else f"{self.stage}-{self.head}"
+
+    @property
+    def upstream(self) -> str:
+        """The unit whose exported weights this one starts from ('' for the prior)."""
+        return {"prior": "", "code": "prior", "fidelity": f"code-{self.head}"}[self.stage]
+
+
+@dataclass(frozen=True)
+class Schedule:
+    name: str
+    task: str
+    preset: str
+    data: tuple[str, ...]  # relative to the data root, absolute, or "cache:SUB/DIR" (see data_path)
+    eval_data: str  # HQ held-out images, relative to the data root
+    eval_recipe: str
+    batch_size: int
+    seed: int
+    units: tuple[Unit, ...]
+    release: dict[str, str]  # head -> registry name of the model it becomes
+    eval_images: int = 40
+    licence: str = ""  # of the trained weights (follows the training data's terms)
+    data_note: str = ""  # what the registry says about the training data
+
+    def unit(self, name: str) -> Unit:
+        for u in self.units:
+            if u.name == name:
+                return u
+        raise KeyError(name)
+
+
+_PRIOR_OPTS = dict(disc_width=16, adaptive_every=4, continuous_prob=0.5, perceptual_net="alex")
+_FID_OPTS = dict(disc_width=16, adaptive_every=4, perceptual_net="alex", disc_start=0, gan_weight=0.1)
+
+
+def release_units(prior: int, code: int, fidelity: int, disc_start: int) -> tuple[Unit, ...]:
+    """The five units of a release schedule. VR's chain comes first, so that a session cut short still
+    ships the default model; the VQ twin gets the same steps, learning rates and options (the equal
+    budget of the VR-vs-VQ comparison is built in here, not repeated per schedule)."""
+    heads = [(stage, steps, head) for head in ("vr", "vq") for stage, steps in (("code", code), ("fidelity", fidelity))]
+    rates = {"code": (5e-4, 100, {}), "fidelity": (1e-4, 50, _FID_OPTS)}
+    return (
+        Unit("prior", prior, lr=2e-4, warmup_steps=100, options=dict(_PRIOR_OPTS, disc_start=disc_start)),
+        *(Unit(stage, steps, head, lr=rates[stage][0], warmup_steps=rates[stage][1], options=dict(rates[stage][2]))  # type: ignore[arg-type]
+          for stage, steps, head in heads),
+    )
+
+SCHEDULES: dict[str, Schedule] = {
+    "face": Schedule(
+        name="face", task="face", preset="face-cpu",
+        data=("packs/faces_train_256.tar", "faces_hq/train"),
+        eval_data="faces_hq/test/london_canada_256", eval_recipe="face-eval",
+        batch_size=8, seed=0,
+        units=release_units(prior=4000, code=1000, fidelity=500, disc_start=2500),
+        release={"vr": "vr-face-s", "vq": "vq-face-s"},
+        licence="other",
+        data_note=(
+            "2,356 aligned 256 px faces (MEBeauty 2,152, Face Research Lab London 172 + Canada 32 at CC BY 4.0, "
+            "horizontal flips) with synthetic blind degradations (recipe 'face': blur, x1-x8 downscale, noise, JPEG). "
+            "Research use: MEBeauty states no licence, so these weights are for research and evaluation."
+        ),
+    ),
+    "sr": Schedule(
+        name="sr", task="sr", preset="sr-x4-cpu",
+        # the crops pack, and the full photographs `vrrestore train wallpapers` puts in the cache (random
+        # 256 px crops of both at training time)
+        data=("packs/sr_train_480.tar", "cache:data/wallpapers"),
+        # training uses the SR default recipe (sr-x4, two-pass blind degradations); the held-out check
+        # degrades Set14 HR with the same recipe at seed 0 (no separate x4 eval recipe exists)
+        eval_data="sr_hq/Set14/HR", eval_recipe="sr-x4",
+        batch_size=8, seed=0,
+        units=release_units(prior=4000, code=1200, fidelity=600, disc_start=2500),
+        release={"vr": "vr-sr-x4-s", "vq": "vq-sr-x4-s"},
+        licence="other",
+        data_note=(
+            "315 480 px HR crops (Sun-Hays80 147 via SelfExSR, no licence file; Debian wallpaper packages 168) plus "
+            "the 30 Debian wallpaper photographs those 168 crops came from, whole (plasma-workspace-wallpapers and "
+            "mate-backgrounds: GPL-2+; lomiri-wallpapers-16.04/-20.04: CC BY 4.0, CC BY-SA 3.0/4.0 or CC0 per file), "
+            "short side <= 1200 px; "
+            "random 256 px crops with horizontal flips and synthetic blind x4 degradations (recipe 'sr-x4': two "
+            "passes of blur, resize, noise and JPEG). Research use: the Sun-Hays80 images state no licence."
+        ),
+    ),
+}
+
+
+def default_data_root() -> Path:
+    return Path(os.environ.get("VRRESTORE_DATA", "../shared/data"))
+
+
+CACHE_PREFIX = "cache:"
+# What fills a cache data entry, for the error when it is missing.
+CACHE_DATA_MAKERS = {"data/wallpapers": "vrrestore train wallpapers"}
+
+
+def data_path(entry: str, data_root: Path, check: bool = False) -> Path:
+    """A schedule data entry as a path: ``cache:SUB/DIR`` is under the vrrestore cache
+    (``cache_dir(SUB, DIR)``, where commands such as ``vrrestore train wallpapers`` put rebuilt data),
+    an absolute path is used as it is, anything else is relative to ``data_root``. With ``check``, a
+    missing cache entry is a one-line UsageError saying which command fills it."""
+    if entry.startswith(CACHE_PREFIX):
+        sub = entry[len(CACHE_PREFIX):].strip("/")
+        path = cache_dir(*Path(sub).parts)
+        if check and not path.exists():
+            maker = CACHE_DATA_MAKERS.get(sub)
+            how = f"run `{maker}` first" if maker else "put the data there (or set $VRRESTORE_CACHE)"
+            raise UsageError(f"{path}: not found (data entry {entry!r}); {how}")
+        return path
+    p = Path(entry)
+    return p if p.is_absolute() else data_root / p
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
+
+
+def machine() -> dict[str, Any]:
+    return {"cpu": cpu_model(), "bf16_flags": cpu_bf16_flags(), "threads": torch.get_num_threads(), "torch": torch.__version__}
+
+
+# ------------------------------------------------------------------------------------------------
+# progress file
+
+
+def load_progress(out_dir: Path, schedule: Schedule) -> dict[str, Any]:
+    path = out_dir / "progress.json"
+    if path.is_file():
+        data = json.loads(path.read_text())
+        if data.get("schedule") != schedule.name:
+            raise UsageError(f"{path}: progress of schedule {data.get('schedule')!r}, not {schedule.name!r}")
+        return data
+    return {"schedule": schedule.name, "task": schedule.task, "preset": schedule.preset, "units": {}}
+
+
+def save_progress(out_dir: Path, progress: dict[str, Any]) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "progress.json"
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(progress, indent=1, sort_keys=False) + "\n")
+    os.replace(tmp, path)
+
+
+def unit_done(unit: Unit, progress: dict[str, Any]) -> bool:
+    rec = progress["units"].get(unit.name)
+    return bool(rec) and int(rec.get("step", 0)) >= unit.steps
+
+
+# ------------------------------------------------------------------------------------------------
+# stage configs and the states they start from
+
+
+def unit_config(schedule: Schedule, unit: Unit, run_dir: Path, data_root: Path) -> TrainConfig:
+    cfg = TrainConfig(
+        stage=unit.stage, data=tuple(str(data_path(d, data_root, check=True)) for d in schedule.data), out=str(run_dir),
+        preset=schedule.preset, steps=unit.steps, batch_size=schedule.batch_size, lr=unit.lr, seed=schedule.seed,
+        workers=1, warmup_steps=unit.warmup_steps, cosine=unit.cosine, ckpt_every=250, progress=False,
+    )
+    opts_cls = {"prior": PriorOptions, "code": CodeOptions, "fidelity": FidelityOptions}[unit.stage]
+    opts = dataclasses.replace(getattr(cfg, unit.stage), **unit.options)
+    if unit.stage == "code":
+        opts = dataclasses.replace(opts, head=unit.head)
+    assert isinstance(opts, opts_cls)
+    setattr(cfg, unit.stage, opts)
+    return cfg
+
+
+def prior_state_from_file(path: Path) -> dict[str, Any]:
+    """A prior-stage init state (what CodeStage reads from prior.pt) from an exported prior."""
+    vq, meta = load_prior_file(path)
+    summary = json.loads(meta.get("training", "{}") or "{}")
+    return {"model": {"architecture": "VQAutoEncoder", "config": config_to_dict(vq.cfg), "preset": meta.get("preset", "")},
+            "ema": {"model": vq.state_dict()}, "history": [], "summary": summary}
+
+
+def code_state_from_files(code_file: Path, prior_file: Path, code_cfg: TrainConfig) -> dict[str, Any]:
+    """A code-stage init state (what FidelityStage reads from code.pt) from exported weights: the
+    restorer, and the prior whose encoder makes the HQ feature targets."""
+    from ..checkpoint import load_checkpoint, read_metadata
+    desc = load_checkpoint(code_file)
+    model = desc.model.float()
+    vq, _ = load_prior_file(prior_file)
+    arch, cfg = architecture_of(model)
+    training = json.loads(read_metadata(code_file).get("training", "{}") or "{}")
+    history = [s for s in training.get("stages", [])[:-1] if s]
+    return {
+        "config": code_cfg.to_dict(),
+        "model": {"architecture": arch, "config": cfg, "preset": code_cfg.preset, "precondition": "none"},
+        "ema": {"model": model.state_dict()}, "frozen": {"prior": vq.state_dict()},
+        "history": history, "summary": {k: v for k, v in training.items() if k not in ("stages", "total_seconds", "source")},
+    }
+
+
+# ------------------------------------------------------------------------------------------------
+# held-out evaluation
+
+
+def _eval_images(schedule: Schedule, data_root: Path) -> list[Path]:
+    from ..benchmark import list_images
+
+    folder = data_root / schedule.eval_data
+    if not folder.is_dir():
+        raise UsageError(f"{folder}: held-out images not found; pass --data-root (the folder holding {schedule.eval_data})")
+    return list_images(folder)[: schedule.eval_images]
+
+
+@torch.inference_mode()
+def evaluate_prior(file: Path, schedule: Schedule, data_root: Path) -> dict[str, float]:
+    """Observation 1 of the paper on our prior: PSNR/SSIM of decoder(HQ encoder feature) and of
+    decoder(its quantized feature), on held-out HQ images."""
+    from ..benchmark import read_hq
+    from ..metrics.fidelity import psnr, ssim
+    vq, _ = load_prior_file(file)
+    vq.eval()
+    rows: dict[str, list[float]] = {"psnr_continuous": [], "ssim_continuous": [], "psnr_quantized": [], "ssim_quantized": []}
+    for p in _eval_images(schedule, data_root):
+        gt = read_hq(p)
+        s = vq.cfg.img_size
+        if schedule.task == "face" and gt.shape[:2] != (s, s):
+            import cv2
+
+            gt = np.clip(cv2.resize(gt, (s, s), interpolation=cv2.INTER_AREA), 0, 1)
+        m = vq.cfg.downsample
+        gt = gt[: gt.shape[0] - gt.shape[0] % m, : gt.shape[1] - gt.shape[1] % m]
+        x = torch.from_numpy(np.ascontiguousarray(gt.transpose(2, 0, 1)))[None].float() * 2 - 1
+        z = vq.encode(x)
+        for kind, feat in (("continuous", z), ("quantized", vq.quantize(z).feat)):
+            out = ((vq.decode(feat) + 1) * 0.5).clamp(0, 1)[0].permute(1, 2, 0).numpy()
+            rows[f"psnr_{kind}"].append(psnr(out, gt))
+            rows[f"ssim_{kind}"].append(ssim(out, gt))
+    return {k: round(float(np.mean(v)), 4) for k, v in rows.items()} | {"images": len(rows["psnr_quantized"])}
+
+
+def evaluate_restorer(file: Path, schedule: Schedule, data_root: Path, fidelities: tuple[float, ...]) -> dict[str, Any]:
+    """PSNR/SSIM (and LPIPS-alex when available) on held-out images degraded with the schedule's
+    evaluation recipe at seed 0, for each fidelity weight; the LQ input's scores alongside."""
+    from ..benchmark import run_model, synthetic_dataset
+    from ..checkpoint import load_checkpoint
+    from ..metrics.fidelity import psnr, ssim
+
+    ds = synthetic_dataset(data_root / schedule.eval_data, schedule.eval_recipe, seed=0, limit=schedule.eval_images,
+                           task=schedule.task)  # type: ignore[arg-type]
+    desc = load_checkpoint(file)
+    desc.model.float()
+    y, crop = (True, ds.scale) if schedule.task == "sr" else (False, 0)
+    lp = _lpips()
+    out: dict[str, Any] = {"images": len(ds.samples), "recipe": schedule.eval_recipe}
+    for w in fidelities:
+        ps, ss, ls = [], [], []
+        for smp in ds.samples:
+            img = run_model(desc, smp.lq, smp.gt.shape[:2], w, "auto")
+            ps.append(psnr(img, smp.gt, crop, y))
+            ss.append(ssim(img, smp.gt, crop, y))
+            if lp is not None:
+                ls.append(lp(img, smp.gt))
+        out[f"w{w:g}"] = {"psnr": round(float(np.mean(ps)), 3), "ssim": round(float(np.mean(ss)), 4),
+                          **({"lpips_alex": round(float(np.mean(ls)), 4)} if ls else {})}
+    return out
+
+
+def _lpips() -> Callable[[np.ndarray, np.ndarray], float] | None:
+    try:
+        from ..metrics.lpips import LPIPSUnavailable, load_lpips
+    except ImportError:  # pragma: no cover
+        return None
+    try:
+        net = load_lpips("alex")
+    except LPIPSUnavailable:
+        return None
+
+    def dist(a: np.ndarray, b: np.ndarray) -> float:
+        ta = torch.from_numpy(np.ascontiguousarray(a.transpose(2, 0, 1)))[None].float()
+        tb = torch.from_numpy(np.ascontiguousarray(b.transpose(2, 0, 1)))[None].float()
+        with torch.inference_mode():
+            return float(net(ta, tb)[0])
+
+    return dist
+
+
+# ------------------------------------------------------------------------------------------------
+# the runner
+
+
+@dataclass
+class PieceResult:
+    unit: str
+    start_step: int
+    step: int
+    reason: str
+    seconds: float
+
+
+def run(
+    schedule: Schedule, minutes: float, out_dir: Path, state_root: Path | None = None,
+    data_root: Path | None = None, say: Callable[[str], None] = print, only: tuple[str, ...] = (),
+) -> list[PieceResult]:
+    """Train the next unfinished units of ``schedule`` within ``minutes`` of wall-clock time."""
+    from .loop import train
+
+    data_root = data_root or default_data_root()
+    state_root = state_root or default_state()
+    t_end = time.monotonic() + minutes * 60.0
+    progress = load_progress(out_dir, schedule)
+    results: list[PieceResult] = []
+    for unit in schedule.units:
+        if only and unit.name not in only:
+            continue
+        _invalidate_if_upstream_changed(schedule, unit, progress, out_dir, state_root, say)
+        if unit_done(unit, progress):
+            continue
+        up = unit.upstream
+        if up and not unit_done(schedule.unit(up), progress):
+            say(f"{unit.name}: waiting for {up} to finish")
+            continue
+        left = t_end - time.monotonic() - RESERVE_S
+        if left < MIN_PIECE_S:
+            say(f"{unit.name}: {max(0.0, left) / 60:.1f} min left in the budget; stopping here")
+            break
+        results.append(_piece(schedule, unit, progress, out_dir, state_root, data_root, left, train, say))
+        save_progress(out_dir, progress)
+        if results[-1].reason != "done":
+            break
+    return results
+
+
+def _invalidate_if_upstream_changed(
+    schedule: Schedule, unit: Unit, progress: dict[str, Any], out_dir: Path, state_root: Path, say: Callable[[str], None],
+) -> None:
+    rec = progress["units"].get(unit.name)
+    if not rec or not unit.upstream:
+        return
+    up = out_dir / f"{unit.upstream}.safetensors"
+    if up.is_file() and rec.get("upstream_sha256") != sha256_file(up):
+        say(f"{unit.name}: {up.name} changed since this unit started; training it again")
+        progress["units"].pop(unit.name)
+        shutil.rmtree(state_root / schedule.name / unit.name, ignore_errors=True)
+        (out_dir / f"{unit.name}.safetensors").unlink(missing_ok=True)
+
+
+def _piece(
+    schedule: Schedule, unit: Unit, progress: dict[str, Any], out_dir: Path, state_root: Path, data_root: Path,
+    seconds_left: float, train: Callable[..., Any], say: Callable[[str], None],
+) -> PieceResult:
+    from .export import export
+
+    run_dir = state_root / schedule.name / unit.name
+    cfg = unit_config(schedule, unit, run_dir, data_root)
+    rec: dict[str, Any] = progress["units"].get(unit.name) or {}
+    committed = out_dir / f"{unit.name}.safetensors"
+    ckpt_file = ckpt.stage_file(run_dir, unit.stage)
+    resume = ckpt_file.is_file()
+    prev_seconds = 0.0
+    if resume:
+        state = ckpt.load(ckpt_file, unit.stage)
+        if int(state["step"]) < int(rec.get("step", 0)):  # the committed weights are further along
+            say(f"{unit.name}: the local state (step {state['step']}) is behind {committed.name} (step {rec['step']}); using the latter")
+            shutil.rmtree(run_dir)
+            resume = False
+        else:
+            prev_seconds = float(state["seconds"])
+        del state
+    start_step = 0
+    if not resume and rec.get("step") and committed.is_file():
+        start_step = int(rec["step"])
+        if unit.stage == "prior":
+            cfg.prior.init = str(committed)
+        elif unit.stage == "code":
+            cfg.code.init_weights = str(committed)
+        else:
+            cfg.fidelity.init_weights = str(committed)
+        cfg.start_step = start_step
+        say(f"{unit.name}: continuing from {committed.name} at step {start_step} (new machine: optimiser state restarts)")
+    init_state = None
+    upstream_file = out_dir / f"{unit.upstream}.safetensors" if unit.upstream else None
+    if unit.stage == "code":
+        assert upstream_file is not None
+        init_state = prior_state_from_file(upstream_file)
+        cfg.code.init = str(upstream_file)
+    elif unit.stage == "fidelity":
+        assert upstream_file is not None
+        code_cfg = unit_config(schedule, schedule.unit(unit.upstream), state_root / schedule.name / unit.upstream, data_root)
+        init_state = code_state_from_files(upstream_file, out_dir / "prior.safetensors", code_cfg)
+        cfg.fidelity.init = str(upstream_file)
+    cfg.max_minutes = (prev_seconds + seconds_left) / 60.0
+    at = "its checkpoint" if resume else f"step {rec.get('step', 0)}"
+    say(f"{unit.name}: training from {at} towards step {unit.steps} for at most {seconds_left / 60:.1f} min")
+    t0 = time.monotonic()
+    result = train(cfg, resume=resume, init_state=init_state)
+    wall = time.monotonic() - t0
+    export(result.checkpoint, committed, "fp16")
+    say(f"{unit.name}: step {result.step}/{unit.steps} ({result.reason}); exported {committed}")
+    machines = list(rec.get("machines", []))
+    m = machine()
+    if m not in machines:
+        machines.append(m)
+    threads = torch.get_num_threads()
+    # Training seconds as the run counts them (across exact resumes); a continuation on a new machine
+    # starts its count at 0, so the committed record's seconds are added.
+    seconds = result.seconds + (float(rec.get("seconds", 0.0)) if start_step else 0.0)
+    rec.update({
+        "stage": unit.stage, "head": unit.head, "step": result.step, "steps": unit.steps, "batch_size": schedule.batch_size,
+        "images_seen": result.step * schedule.batch_size,
+        "seconds": round(seconds, 1),
+        "cpu_hours": round(seconds * threads / 3600.0, 3),
+        "file": committed.name, "sha256": sha256_file(committed), "size_bytes": committed.stat().st_size,
+        "machines": machines, "updated": _now(),
+    })
+    if upstream_file is not None:
+        rec["upstream_sha256"] = sha256_file(upstream_file)
+    try:
+        rec["eval"] = evaluate_unit(unit, committed, schedule, data_root)
+        rec.pop("eval_error", None)
+    except (UsageError, OSError, RuntimeError, ValueError) as err:  # the weights are saved; say why numbers are missing
+        rec["eval_error"] = f"{type(err).__name__}: {err}"
+        say(f"{unit.name}: held-out evaluation failed ({rec['eval_error']}); weights and progress are kept")
+    progress["units"][unit.name] = rec
+    say(f"{unit.name}: held-out {json.dumps(rec.get('eval', {}))}")
+    return PieceResult(unit.name, start_step, result.step, result.reason, wall)
+
+
+def evaluate_unit(unit: Unit, file: Path, schedule: Schedule, data_root: Path) -> dict[str, Any]:
+    if unit.stage == "prior":
+        return evaluate_prior(file, schedule, data_root)
+    return evaluate_restorer(file, schedule, data_root, (0.0,) if unit.stage == "code" else (0.0, 0.5, 1.0))
+
+
+def describe_progress(schedule: Schedule, progress: dict[str, Any]) -> list[str]:
+    """One line per unit: steps done / planned and the latest held-out numbers."""
+    lines = []
+    for u in schedule.units:
+        rec = progress["units"].get(u.name, {})
+        lines.append(f"{u.name:<12} {rec.get('step', 0):>6}/{u.steps:<6} {json.dumps(rec.get('eval', {}))}")
+    return lines
+
+
+
+# ------------------------------------------------------------------------------------------------
+# publishing: bundle finished models into the package and write their registry entries
+
+
+def publish(schedule: Schedule, out_dir: Path, package_dir: Path, say: Callable[[str], None] = print) -> list[str]:
+    """For every head whose whole chain is done: copy its fidelity weights to
+    ``package_dir/bundled/<name>.safetensors`` and rewrite the registry entry from the progress file
+    (the one source of the steps, images, CPU-hours and held-out numbers). Returns the names published."""
+    progress = load_progress(out_dir, schedule)
+    registry_file = package_dir / "weights.json"
+    registry = json.loads(registry_file.read_text())
+    done: list[str] = []
+    for head, name in schedule.release.items():
+        chain = [u for u in schedule.units if u.head in ("", head)]
+        if not all(unit_done(u, progress) for u in chain):
+            say(f"{name}: not published, its chain is unfinished ({', '.join(u.name for u in chain if not unit_done(u, progress))})")
+            continue
+        src = out_dir / f"fidelity-{head}.safetensors"
+        dst = package_dir / "bundled" / f"{name}.safetensors"
+        tmp = dst.with_name(f".{dst.name}.tmp")
+        shutil.copyfile(src, tmp)
+        os.replace(tmp, dst)
+        recs = {u.name: progress["units"][u.name] for u in chain}
+        entry = next((e for e in registry["models"] if e["name"] == name), None)
+        if entry is None:
+            raise UsageError(f"{registry_file}: no entry named {name}; add it first")
+        entry.update({
+            "status": "published", "preset": schedule.preset, "head": head, "repo_id": None, "revision": None,
+            "filename": dst.name, "sha256": sha256_file(dst), "size_bytes": dst.stat().st_size, "dtype": "fp16",
+            "bundled": f"bundled/{dst.name}", "license": schedule.licence or None, "data": schedule.data_note,
+            "metrics": registry_metrics(schedule, recs),
+        })
+        done.append(name)
+        say(f"{name}: published {dst} ({entry['size_bytes']} bytes)")
+    tmp = registry_file.with_name(f".{registry_file.name}.tmp")
+    tmp.write_text(json.dumps(registry, indent=2, ensure_ascii=False) + "\n")
+    os.replace(tmp, registry_file)
+    return done
+
+
+def registry_metrics(schedule: Schedule, recs: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The registry's view of a trained chain: budget per stage and the held-out numbers."""
+    fid = next(r for k, r in recs.items() if k.startswith("fidelity"))
+    ev = fid.get("eval", {})
+    m: dict[str, Any] = {
+        "steps": " / ".join(f"{k} {r['step']}" for k, r in recs.items()),
+        "images_seen": sum(int(r["images_seen"]) for r in recs.values()),
+        "cpu_hours": round(sum(float(r["cpu_hours"]) for r in recs.values()), 2),
+        "held_out": f"{schedule.eval_data} (first {schedule.eval_images}), recipe {schedule.eval_recipe} seed 0",
+    }
+    for w in ("w0", "w0.5", "w1"):
+        if w in ev:
+            for k, v in ev[w].items():
+                m[f"{k}_{w}"] = v
+    prior = recs.get("prior", {}).get("eval", {})
+    for k in ("psnr_continuous", "psnr_quantized"):
+        if k in prior:
+            m[f"prior_{k}"] = prior[k]
+    return m
