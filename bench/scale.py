@@ -1,7 +1,7 @@
 """The scale path: images/s of 1 vs 2 local CLI shards and of Ray Data with 1 vs 2 actors, on the
 same images in one run.
 
-    python bench/scale.py                                      # face-cpu, 64 aligned 256 px crops, 1 and 2 workers
+    python bench/scale.py                                      # face-cpu, 32 and 128 aligned 256 px crops, 1 and 2 workers
     python bench/scale.py --task image --preset sr-tiny --size 128 --images 32 --markdown scale.md --json scale.json
 
 Each worker gets one CPU thread. "CLI shards" starts N ``vrrestore`` processes with ``--shard i/N``
@@ -12,6 +12,11 @@ running when a job is sent to it); the time includes starting the actors and loa
 The models have random weights, which cost the same time as trained ones. On a small machine the
 point is the overhead, not the speed: Ray should be within 15% of the CLI's images/s at the same
 parallelism.
+
+Each path runs at every ``--images`` count (the first N of the same files). With two or more counts
+the wall times are split into what a run pays once (start-up: processes or actors, imports, model
+load, planning) and the steady rate (images/s once running), by a least-squares line through
+(images, wall s): an archive of millions of files sees the steady rate, a small job the start-up.
 """
 
 from __future__ import annotations
@@ -62,6 +67,15 @@ def cli_args(task: str, precision: str) -> list[str]:
     return ["image", "--precision", precision, "--ext", "bmp"]
 
 
+def fit(points: list[tuple[int, float]]) -> tuple[float, float]:
+    """(start-up s, steady images/s) from (images, wall s) by least squares; one point gives (0, n / wall)."""
+    if len({n for n, _ in points}) < 2:
+        n, w = points[0]
+        return 0.0, n / w
+    slope, intercept = np.polyfit([n for n, _ in points], [w for _, w in points], 1)
+    return float(intercept), float(1.0 / slope) if slope > 0 else float("inf")
+
+
 def run_shards(workers: int, inputs: Path, out: Path, model: Path, task: str, precision: str) -> dict[str, float]:
     """N CLI processes, one shard each, started together; wall seconds until the last one ends."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
@@ -103,7 +117,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--task", choices=("face", "image"), default="face", help="face: aligned crops (no detection); image: tiled SR")
     ap.add_argument("--preset", default=None, help="model preset (default: face-cpu for face, sr-x4-cpu for image)")
-    ap.add_argument("--images", type=int, default=64)
+    ap.add_argument("--images", default="32,128", help="comma-separated image counts (two or more split start-up from the steady rate)")
     ap.add_argument("--size", type=int, default=None, help="input side in px (default: the face model's size; 128 for image)")
     ap.add_argument("--workers", default="1,2", help="comma-separated worker counts (shards and actors)")
     ap.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"))
@@ -119,15 +133,27 @@ def main() -> None:
     cfg = preset(name)
     size = args.size or (cfg.prior.img_size if args.task == "face" else 128)  # type: ignore[union-attr]
     workers = [int(w) for w in args.workers.split(",")]
+    counts = sorted({int(n) for n in args.images.split(",")})
     tmp = Path(tempfile.mkdtemp(prefix="vrrestore-scale-"))
     rows: list[dict[str, object]] = []
+
+    def inputs(n: int) -> Path:
+        """The first ``n`` images, as their own folder (links, no copies)."""
+        folder = tmp / f"in{n}"
+        if not folder.is_dir():
+            folder.mkdir()
+            for f in sorted((tmp / "in").iterdir())[:n]:
+                os.link(f, folder / f.name)
+        return folder
+
     try:
-        make_inputs(tmp / "in", args.images, size)
+        make_inputs(tmp / "in", max(counts), size)
         model = make_model(tmp / "model.safetensors", name)
         for w in workers:
-            r = run_shards(w, tmp / "in", tmp / f"cli{w}", model, args.task, args.precision)
-            rows.append({"path": "CLI shards", "workers": w, **r})
-            print(f"CLI shards x{w}: {r['images']} images in {r['wall_s']:.1f} s", file=sys.stderr)
+            for n in counts:
+                r = run_shards(w, inputs(n), tmp / f"cli{w}_{n}", model, args.task, args.precision)
+                rows.append({"path": "CLI shards", "workers": w, **r})
+                print(f"CLI shards x{w}: {r['images']} images in {r['wall_s']:.1f} s", file=sys.stderr)
         if not args.no_ray:
             import ray
 
@@ -136,34 +162,42 @@ def main() -> None:
             ray.data.DataContext.get_current().enable_progress_bars = False
             try:
                 for w in workers:
-                    r = run_ray(w, tmp / "in", tmp / f"ray{w}", model, args.task, args.precision, args.batch_size)
-                    rows.append({"path": "Ray Data", "workers": w, **r})
-                    print(f"Ray x{w}: {r['images']} images in {r['wall_s']:.1f} s", file=sys.stderr)
+                    for n in counts:
+                        r = run_ray(w, inputs(n), tmp / f"ray{w}_{n}", model, args.task, args.precision, args.batch_size)
+                        rows.append({"path": "Ray Data", "workers": w, **r})
+                        print(f"Ray x{w}: {r['images']} images in {r['wall_s']:.1f} s", file=sys.stderr)
             finally:
                 ray.shutdown()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
-    cli_rate = {r["workers"]: r["images"] / r["wall_s"] for r in rows if r["path"] == "CLI shards"}  # type: ignore[operator]
+    # per (path, workers): end-to-end rate at each count, and the start-up / steady split over the counts
+    groups: dict[tuple[str, int], list[dict[str, object]]] = {}
+    for r in rows:
+        r["images_per_s"] = round(r["images"] / r["wall_s"], 3)  # type: ignore[operator]
+        groups.setdefault((str(r["path"]), int(r["workers"])), []).append(r)  # type: ignore[call-overload]
+    split = {k: fit([(int(r["images"]), float(r["wall_s"])) for r in g]) for k, g in groups.items()}  # type: ignore[call-overload]
     lines = [
         "`" + " ".join(["python bench/scale.py", *sys.argv[1:]]) + "`",
-        f"({time.strftime('%Y-%m-%d')}, {args.task} {name}, {args.images} images of {size} px, precision {args.precision}, "
-        f"{os.cpu_count()} CPUs, {platform.machine()}, Python {platform.python_version()})",
+        f"({time.strftime('%Y-%m-%d')}, {args.task} {name}, {'/'.join(map(str, counts))} images of {size} px, "
+        f"precision {args.precision}, {os.cpu_count()} CPUs, {platform.machine()}, Python {platform.python_version()})",
         "",
-        "| path | workers | images | wall s | images/s | vs CLI, same workers |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| path | workers | " + " | ".join(f"images/s at {n}" for n in counts) + " | start-up s | steady images/s | steady vs CLI |",
+        "|---|---:|" + "---:|" * len(counts) + "---:|---:|---:|",
     ]
-    for r in rows:
-        rate = r["images"] / r["wall_s"]  # type: ignore[operator]
-        rel = rate / cli_rate[r["workers"]] if r["workers"] in cli_rate else float("nan")
-        r["images_per_s"] = round(rate, 3)
-        lines.append(f"| {r['path']} | {r['workers']} | {r['images']} | {r['wall_s']:.1f} | {rate:.2f} | {rel:.0%} |")
+    for (path, w), g in groups.items():
+        start, steady = split[(path, w)]
+        cli = split.get(("CLI shards", w), (0.0, float("nan")))[1]
+        rates = " | ".join(f"{r['images_per_s']:.2f}" for r in sorted(g, key=lambda r: int(r["images"])))  # type: ignore[call-overload]
+        lines.append(f"| {path} | {w} | {rates} | {start:.1f} | {steady:.2f} | {steady / cli:.0%} |")
+        for r in g:
+            r.update(startup_s=round(start, 2), steady_images_per_s=round(steady, 3))
     table = "\n".join(lines)
     print(table)
     if args.markdown:
         args.markdown.write_text(table + "\n")
     if args.json:
-        args.json.write_text(json.dumps({"task": args.task, "preset": name, "images": args.images, "size": size,
+        args.json.write_text(json.dumps({"task": args.task, "preset": name, "images": counts, "size": size,
                                          "precision": args.precision, "rows": rows}, indent=1))
 
 

@@ -209,6 +209,23 @@ def test_random_checkpoint_model_path(hq: Path, face_ckpt: Path, tmp_path: Path,
     assert 0 < model["psnr"] < rep["results"][0]["psnr"]  # a random network is worse than its input
 
 
+def test_plain_baseline_checkpoint_runs_beside_the_input(hq: Path, tmp_path: Path) -> None:
+    """The no-prior baseline is benchmarked like any face checkpoint; a silent one returns its input."""
+    from vrrestore.models import PlainConfig
+
+    model = build_model("PlainRestorer", PlainConfig(prior=preset("face-tiny").prior))
+    torch.nn.init.zeros_(model.decoder.conv_out.weight)
+    torch.nn.init.zeros_(model.decoder.conv_out.bias)
+    ck = save_checkpoint(model, tmp_path / "plain.safetensors")
+    path = tmp_path / "m.json"
+    r = _invoke(["--hq", str(hq), "--recipe", "face", "--limit", "2", "-m", "input", "-m", str(ck), "--lpips", "none",
+                 "--no-speed", "--precision", "fp32", "--json-file", str(path)])
+    assert r.exit_code == 0, r.stderr
+    inp, plain = _json(path)["results"]
+    assert plain["name"] == "plain" and plain["kind"] == "model" and plain["params"] == sum(p.numel() for p in model.parameters())
+    assert plain["psnr"] == pytest.approx(inp["psnr"], abs=0.05)  # the input at the model's 64 px and back
+
+
 def test_threads_flag(hq: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     seen: list[int] = []
     real = bm.run_benchmark
@@ -340,3 +357,9 @@ def test_grid_outputs_only_leaves_the_data_out(hq: Path, tmp_path: Path) -> None
     assert r.exit_code == 0, r.stderr
     grid = Image.open(tmp_path / "g.png")
     assert grid.size == (2 * (192 + 4), 3 * (18 + 192 + 4 + 192 + 4))  # input | bicubic only; 3 samples
+
+
+def test_help_names_the_peers_extra_whole() -> None:
+    """Rich markup once ate "[peers]" from the --model help, leaving a pip command that installs no peers."""
+    r = runner.invoke(app, ["benchmark", "--help"], env={"COLUMNS": "250"})
+    assert r.exit_code == 0 and 'pip install "vrrestore[peers]"' in r.output

@@ -313,11 +313,15 @@ def test_bg_model_runs_the_given_sr_checkpoint(files, bg_files, tmp_path):
     assert np.abs(got - want).mean() < 1.0 < np.abs(got - lanczos).mean()
 
 
-def test_bg_upsampler_sr_without_an_sr_model_names_the_bg_model_flag(files, tmp_path):
+def test_bg_upsampler_sr_without_an_sr_model_names_the_bg_model_flag(files, tmp_path, monkeypatch):
+    from fakehub import entry_dict, write_registry
+
+    reg = write_registry(tmp_path / "registry.json", [entry_dict("sr-u", None, task="sr", preset="sr-tiny", default=True)])
+    monkeypatch.setenv("VRRESTORE_REGISTRY", str(reg))  # a registry whose default SR model is not trained yet
     r = run(files, str(files["coffee"]), "-o", str(tmp_path / "o"), *FAST, "--bg-upsampler", "sr")
     assert r.exit_code == 3, r.stderr
     line = " ".join(r.stderr.split())
-    assert "no trained sr model is available yet (vr-sr-x4-s is unpublished); pass --bg-model PATH" in line
+    assert "no trained sr model is available yet (sr-u is unpublished); pass --bg-model PATH" in line
     assert "--model PATH" not in line.replace("--bg-model PATH", "")
     assert len(r.stderr.strip().splitlines()) == 1
 

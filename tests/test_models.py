@@ -202,6 +202,19 @@ def test_fidelity_changes_output_and_zero_ignores_fusion_branch(name: str) -> No
     assert torch.allclose(per_sample[0], y0[0], atol=1e-5)
 
 
+@pytest.mark.parametrize("name", ["face-tiny", "sr-tiny"])
+def test_untrained_fusion_is_the_identity_at_every_fidelity_but_learns(name: str) -> None:
+    """Zero-initialised scale/shift outputs: w = 1 starts as good as w = 0, and the gradient still reaches them."""
+    model = build_model("FaceRestorer" if name.startswith("face") else "SRRestorer", preset(name))
+    x = torch.rand(2, 3, 64, 64) if name.startswith("face") else torch.rand(2, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(model(x, 0.0), model(x, 1.0))
+    model(x, 1.0).mean().backward()
+    block = next(iter(model.fuse.values()))
+    block = block[-1] if isinstance(block, torch.nn.ModuleList) else block
+    assert block.scale[-1].weight.grad.abs().sum() > 0 and block.shift[-1].weight.grad.abs().sum() > 0
+
+
 def test_every_preset_builds_and_runs_at_a_tiny_size() -> None:
     for name, cfg in {**face_presets(), **sr_presets()}.items():
         model = build_model("FaceRestorer" if name.startswith("face") else "SRRestorer", cfg).eval()

@@ -65,6 +65,7 @@ def test_whole_schedule_exports_every_unit_with_progress_and_eval(world: dict[st
         assert rec["machines"][0]["threads"] == 1
     ev = progress["units"]["prior"]["eval"]
     assert ev["images"] == 2 and 5.0 < ev["psnr_continuous"] < 60.0 and 5.0 < ev["psnr_quantized"] < 60.0
+    assert ev["codebook_size"] == 256 and 1 <= ev["codes_used"] <= 256
     fid = progress["units"]["fidelity-vr"]["eval"]
     assert set(fid) >= {"w0", "w0.5", "w1"} and fid["w0.5"]["psnr"] > 5.0
     # the exported restorers are complete inference models with the schedule's heads
@@ -124,9 +125,32 @@ def test_cli_release_status_and_unknown_schedule(
 ) -> None:
     code, _, err = run_main(monkeypatch, capsys, "train", "release", "nope", "--minutes", "5")
     assert code == 2 and "unknown schedule" in err and "face" in err
-    code, out, _ = run_main(monkeypatch, capsys, "train", "release", "face", "--minutes", "5", "--status",
-                            "--out", str(world["out"].parent))
-    assert code == 0 and out.splitlines()[0].split()[:2] == ["prior", f"0/{rel.SCHEDULES['face'].unit('prior').steps}"]
+    code, out, _ = run_main(monkeypatch, capsys, "train", "release", "face", "--status", "--out", str(world["out"].parent))
+    lines = out.splitlines()
+    assert code == 0 and lines[0].split()[:2] == ["prior", f"0/{rel.SCHEDULES['face'].unit('prior').steps}"]
+    assert lines[-1].split()[:2] == ["plain", "0/0"]  # the baseline's goal is minutes, not steps
+    code, _, err = run_main(monkeypatch, capsys, "train", "release", "face", "--out", str(world["out"].parent))
+    assert code == 2 and "--minutes" in err and len(err.strip().splitlines()) == 1
+
+
+def test_plain_baseline_trains_for_the_time_the_vr_chain_took(world: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(rel, "MATCH_TOLERANCE_S", 0.0)
+    base = tiny_schedule()
+    plain = rel.Unit("plain", 100_000, lr=1e-3, cosine=False, match=("prior", "code-vr", "fidelity-vr"))
+    sch = dataclasses.replace(base, units=(*base.units, plain))
+    assert [u.name for u in sch.chain("vr")] == ["prior", "code-vr", "fidelity-vr"]  # the baseline ships in no chain
+    results = _run(world, sch)
+    assert [r.unit for r in results][-1] == "plain" and results[-1].reason == "time budget"
+    progress = json.loads((world["out"] / "progress.json").read_text())
+    rec, units = progress["units"]["plain"], progress["units"]
+    target = sum(units[n]["seconds"] for n in plain.match)
+    assert target - 0.5 <= rec["seconds"] <= target + 5.0 and 0 < rec["step"] < plain.steps
+    assert set(rec["eval"]) == {"images", "recipe", "w0"} and rec["eval"]["w0"]["psnr"] > 5.0
+    assert load_checkpoint(world["out"] / "plain.safetensors").head == "plain"
+    assert rel.unit_done(plain, progress) and _run(world, sch) == []
+    # a longer VR chain (say a longer prior) leaves the baseline behind: it is owed the difference
+    units["prior"]["seconds"] += 3.0
+    assert not rel.unit_done(plain, progress)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -184,9 +208,10 @@ def test_sr_schedule_is_the_face_chain_on_sr_data(tmp_path: Path, monkeypatch: p
     assert sr.data == ("packs/sr_train_480.tar", "cache:data/wallpapers")
     assert preset(sr.preset).scale == 4
     assert isinstance(RECIPES[sr.eval_recipe], SRRecipe) and RECIPES[sr.eval_recipe].final_resize == "random"  # blind
-    assert [u.name for u in sr.units] == [u.name for u in face.units]
+    assert [u.name for u in sr.units] == [u.name for u in face.units if u.name != "plain"]  # the baseline is face-only
     assert {u.name: u.steps for u in sr.units} == {"prior": 4000, "code-vr": 1200, "fidelity-vr": 600, "code-vq": 1200, "fidelity-vq": 600}
-    for a, b in zip(sr.units, face.units, strict=True):
+    assert face.units[-1] == rel.PLAIN_UNIT and rel.PLAIN_UNIT.match == ("prior", "code-vr", "fidelity-vr")
+    for a, b in zip(sr.units, face.units, strict=False):
         assert (a.lr, a.warmup_steps, a.cosine, a.options) == (b.lr, b.warmup_steps, b.cosine, b.options)
     assert sr.release == {"vr": "vr-sr-x4-s", "vq": "vq-sr-x4-s"}
     registry = json.loads((Path(rel.__file__).parents[1] / "weights.json").read_text())
@@ -237,3 +262,31 @@ def test_evaluate_restorer_pads_for_a_token_merging_sr_model(tmp_path: Path) -> 
     _sr_test_images(tmp_path / "sr_test")  # LR 17x23, 19x15, 17x22
     ev = rel.evaluate_restorer(file, tiny_sr_schedule(), tmp_path, (0.0, 1.0))
     assert ev["images"] == 3 and 0.0 < ev["w0"]["psnr"] < 60.0 and 0.0 < ev["w1"]["psnr"] < 60.0
+
+
+def test_publish_bundles_current_chains_only(world: dict[str, Path], tmp_path: Path) -> None:
+    sch = tiny_schedule()
+    _run(world, sch)
+    pkg = tmp_path / "pkg"
+    (pkg / "bundled").mkdir(parents=True)
+    (pkg / "weights.json").write_text(json.dumps({"schema": 1, "models": [{"name": "vr-tiny"}, {"name": "vq-tiny"}]}))
+    said: list[str] = []
+    assert rel.publish(sch, world["out"], pkg, say=said.append) == ["vr-tiny", "vq-tiny"]
+    reg = {e["name"]: e for e in json.loads((pkg / "weights.json").read_text())["models"]}
+    progress = json.loads((world["out"] / "progress.json").read_text())
+    vr = reg["vr-tiny"]
+    assert vr["sha256"] == rel.sha256_file(pkg / "bundled" / "vr-tiny.safetensors") == progress["units"]["fidelity-vr"]["sha256"]
+    assert vr["status"] == "published" and vr["head"] == "vr" and vr["bundled"] == "bundled/vr-tiny.safetensors"
+    assert vr["metrics"]["images_seen"] == sum(progress["units"][n]["images_seen"] for n in ("prior", "code-vr", "fidelity-vr"))
+    assert vr["metrics"]["psnr_w0"] == progress["units"]["fidelity-vr"]["eval"]["w0"]["psnr"]
+    assert vr["metrics"]["prior_psnr_continuous"] == progress["units"]["prior"]["eval"]["psnr_continuous"]
+    # a longer prior: until the runner retrains the units below it, neither chain may be published
+    longer = dataclasses.replace(sch, units=tuple(dataclasses.replace(u, steps=6) if u.name == "prior" else u for u in sch.units))
+    rel.run(longer, 30.0, world["out"], world["state"], world["data"], say=lambda _s: None, only=("prior",))
+    said.clear()
+    assert rel.publish(longer, world["out"], pkg, say=said.append) == []
+    assert all("code-" in line and "fidelity-" in line and "older files" in line for line in said) and len(said) == 2
+    status = {line.split()[0]: line.split() for line in rel.describe_progress(longer, json.loads((world["out"] / "progress.json").read_text()), world["out"])}
+    assert status["prior"][1] == "6/6" and "stale" not in status["prior"]
+    assert all(status[n][2] == "stale" for n in ("code-vr", "code-vq", "fidelity-vr", "fidelity-vq"))
+    assert json.loads((pkg / "weights.json").read_text())["models"][0]["sha256"] == vr["sha256"]  # left as it was

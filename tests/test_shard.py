@@ -294,3 +294,18 @@ def test_a_worker_killed_mid_shard_keeps_its_outputs_and_the_rerun_does_only_the
     assert again.returncode == 0, again.stderr
     assert statuses(json.loads(again.stdout)) == {"p00.png": "skipped", "p01.png": "skipped", "p02.png": "ok", "p03.png": "ok", "p04.png": "ok"}
     assert [r["status"] for r in read_manifest(manifest)] == ["ok"] * 5
+
+
+def test_scale_bench_splits_start_up_from_the_steady_rate() -> None:
+    """bench/scale.py's line through (images, wall s): intercept = what a run pays once, 1/slope = images/s."""
+    import importlib
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    try:
+        scale = importlib.import_module("scale")
+    finally:
+        sys.path.pop(0)
+    start, steady = scale.fit([(32, 3.0 + 32 / 10.0), (128, 3.0 + 128 / 10.0)])
+    assert start == pytest.approx(3.0) and steady == pytest.approx(10.0)
+    assert scale.fit([(64, 8.0)]) == (0.0, 8.0)  # one count: no split, the end-to-end rate

@@ -450,3 +450,64 @@ def test_inference_import_path_does_not_load_training() -> None:
     code = "import sys, vrrestore.cli; bad = [m for m in ('vrrestore.train', 'vrrestore.data') if m in sys.modules]; print(bad)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ}, check=True)
     assert out.stdout.strip() == "[]"
+
+
+# -- the no-prior baseline -----------------------------------------------------------------------
+
+
+def test_plain_stage_learns_a_correction_to_its_input(data: Path, tmp_path: Path) -> None:
+    from vrrestore.models import PlainConfig, PlainRestorer, preset
+    from vrrestore.train.stages import PlainStage
+
+    # the global residual: with a silent last layer the baseline returns its input exactly
+    model = PlainRestorer(PlainConfig(prior=preset("face-tiny").prior))
+    torch.nn.init.zeros_(model.decoder.conv_out.weight)
+    torch.nn.init.zeros_(model.decoder.conv_out.bias)
+    x = torch.rand(2, 3, SIZE, SIZE)
+    assert torch.equal(model(x, 0.0), x) and torch.equal(model(x, 1.0), x)  # no fidelity knob
+    torch.manual_seed(0)
+    stage = PlainStage(cfg_for("plain", data, tmp_path, preset="face-tiny", lr=1e-3), CPU)
+    batch = fixed_batch(data, "face")
+    losses = overfit(stage, batch, 10)
+    assert losses[-1] < 0.7 * losses[0]
+    assert not torch.equal(stage.model.decoder.conv_out.weight, stage.ema.model.decoder.conv_out.weight)
+    with pytest.raises(UsageError, match="face preset"):
+        PlainStage(cfg_for("plain", data, tmp_path, preset="sr-tiny"), CPU)
+
+
+def test_cli_plain_trains_exports_and_loads_as_a_face_model(data: Path, tmp_path: Path) -> None:
+    run = tmp_path / "plain"
+    common = ["train", "plain", "--data", str(data), "--out", str(run), "--preset", "face-tiny", "--recipe", "face-eval",
+              "--batch-size", "2", "--workers", "0", "--size", "32", "--lr", "0.0005", "--warmup-steps", "1"]
+    r = cli(*common, "--steps", "2")
+    assert r.exit_code == 0, r.output
+    st = torch.load(run / "plain.pt", weights_only=True)
+    assert st["stage"] == "plain" and st["config"]["plain"]["recipe"] == "face-eval" and st["config"]["lr"] == 0.0005
+    assert set(step_losses(run)[2]) >= {"l1", "loss"}
+    out = tmp_path / "plain.safetensors"
+    assert cli("train", "export", str(run / "plain.pt"), "-o", str(out)).exit_code == 0
+    desc = load_checkpoint(out)
+    meta = read_metadata(out)
+    assert (desc.task, desc.head, desc.architecture, desc.scale) == ("face", "plain", "PlainRestorer", 1)
+    assert (meta["task"], meta["head"]) == ("face", "plain") and json.loads(meta["training"])["stage"] == "plain"
+    img = desc(torch.rand(1, 3, 64, 64))
+    assert img.shape == (1, 3, 64, 64)
+    # --init continues from the exported weights (a new machine); the EMA weights are what was exported
+    run2 = tmp_path / "plain2"
+    r = cli("train", "plain", "--data", str(data), "--out", str(run2), "--preset", "face-tiny", "--init", str(out),
+            "--steps", "1", "--batch-size", "2", "--workers", "0", "--size", "32", "--lr", "1e-12")
+    assert r.exit_code == 0, r.output
+    st2 = torch.load(run2 / "plain.pt", weights_only=True)
+    w = st2["nets"]["model"]["decoder.conv_out.weight"]
+    assert torch.allclose(w, desc.model.decoder.conv_out.weight.float(), atol=1e-3)
+    r = runner.invoke(app, [*common, "--out", str(tmp_path / "x"), "--precision", "fp16"])
+    assert isinstance(r.exception, UsageError) and "fp16" in str(r.exception)
+
+
+def test_cli_choices_follow_the_tables_they_name() -> None:
+    from vrrestore.checkpoint import _DTYPES
+    from vrrestore.cli._options import DtypeChoice, HeadChoice
+    from vrrestore.models.heads import HEAD_KINDS
+
+    assert {c.value for c in HeadChoice} == set(HEAD_KINDS)
+    assert {c.value for c in DtypeChoice} == set(_DTYPES)

@@ -18,15 +18,15 @@ from pathlib import Path
 import huggingface_hub.constants as hf_constants
 import pytest
 import torch
+from cli_main import run_main
+from fakehub import entry_dict, write_registry
 from safetensors import safe_open
 
-from fakehub import entry_dict, write_registry
 from vrrestore import weights as W
 from vrrestore.cache import cache_dir
 from vrrestore.checkpoint import load_checkpoint, read_metadata, save_checkpoint
 from vrrestore.errors import WeightsError
 from vrrestore.models import build_model, preset
-from cli_main import run_main
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -85,51 +85,60 @@ def test_the_packaged_registry_is_the_only_registry_and_ships_in_the_wheel() -> 
     assert W.load_registry() == W.load_registry(ROOT / "vrrestore" / "weights.json")
 
 
-def test_shipped_registry_bundles_the_face_models_and_plans_the_sr_ones() -> None:
+def test_shipped_registry_holds_the_release_models() -> None:
+    """vrrestore/weights.json lists the release schedules' models; `train publish` fills an entry from
+    progress.json (bundled, hash, size, metrics) once its chain is trained. The face models are."""
+    from vrrestore.train.release import SCHEDULES
+
     reg = W.load_registry()  # importlib.resources: vrrestore/weights.json
     assert list(reg) == ["vr-face-s", "vq-face-s", "vr-sr-x4-s", "vq-sr-x4-s"]
-    want = {"vr-face-s": ("face", "FaceRestorer", "face-cpu", "vr", True), "vq-face-s": ("face", "FaceRestorer", "face-cpu", "vq", False),
-            "vr-sr-x4-s": ("sr", "SRRestorer", "sr-x4-s", "vr", True), "vq-sr-x4-s": ("sr", "SRRestorer", "sr-x4-s", "vq", False)}
     for name, e in reg.items():
-        assert (e.task, e.architecture, e.preset, e.head, e.default) == want[name]
+        sch = SCHEDULES[e.task]
+        assert sch.release[e.head] == name and e.default == (e.head == "vr")
+        assert e.architecture == {"face": "FaceRestorer", "sr": "SRRestorer"}[e.task]
         assert e.config().head == e.head and e.config() == dataclasses.replace(preset(e.preset), head=e.head)
-        if e.task == "face":  # trained here and bundled: offline by default
+        if e.task == "face" or e.published:  # trained here and bundled: offline by default
             assert e.published and e.bundled == f"bundled/{name}.safetensors" and e.repo_id is None
+            assert e.preset == sch.preset and e.license == sch.licence and e.data == sch.data_note
             path = W.resolve_entry(e)
             assert path.stat().st_size == e.size_bytes and hashlib.sha256(path.read_bytes()).hexdigest() == e.sha256
             assert e.metrics["images_seen"] > 0 and e.metrics["cpu_hours"] > 0 and "psnr_w0" in e.metrics
         else:
             assert e.status == "unpublished" and (e.repo_id, e.revision, e.sha256, e.size_bytes, e.bundled) == (None,) * 5
-    assert [s for _, s in W.list_entries()] == ["bundled", "bundled", "unpublished", "unpublished"]
+    assert [s for _, s in W.list_entries()] == ["bundled" if e.published else "unpublished" for e in reg.values()]
 
 
-def test_default_face_model_loads_offline_and_no_trained_sr_default_is_said_plainly() -> None:
+def test_default_models_load_offline_and_a_missing_default_is_said_plainly(monkeypatch, tmp_path) -> None:
     desc = W.load_model(None, "face")
     assert desc.task == "face" and desc.head == "vr" and desc.fixed_size == 256
+    if W.load_registry()["vr-sr-x4-s"].published:
+        sr = W.load_model(None, "sr")
+        assert sr.task == "sr" and sr.head == "vr" and sr.scale == 4
+    registry(monkeypatch, tmp_path, [entry_dict("sr-u", None, task="sr", preset="sr-tiny", default=True)])
     with pytest.raises(WeightsError) as info:
         W.load_model(None, "sr")
-    assert str(info.value).startswith(
-        "no trained sr model is available yet (vr-sr-x4-s is unpublished); pass --model PATH to a checkpoint"
-    )
+    assert str(info.value).startswith("no trained sr model is available yet (sr-u is unpublished); pass --model PATH to a checkpoint")
     assert info.value.exit_code == 3
 
 
-def test_cli_on_the_shipped_registry(monkeypatch, capsys) -> None:
+def test_cli_on_the_shipped_registry(monkeypatch, capsys, tmp_path) -> None:
+    reg = W.load_registry()
     code, out, _ = cli(monkeypatch, capsys, "weights", "list")
     assert code == 0 and out.count("bundled") >= 2 and "vr-face-s (default)" in out and "vq-sr-x4-s" in out
     code, out, _ = cli(monkeypatch, capsys, "weights", "list", "--json")
     rows = json.loads(out)
     assert [(r["name"], r["availability"], r["repo_id"]) for r in rows] == [
-        ("vr-face-s", "bundled", None), ("vq-face-s", "bundled", None), ("vr-sr-x4-s", "unpublished", None),
-        ("vq-sr-x4-s", "unpublished", None),
+        (n, "bundled" if e.published else "unpublished", None) for n, e in reg.items()
     ]
     code, out, _ = cli(monkeypatch, capsys, "weights", "path", "vr-face-s")
     assert code == 0 and out.strip().endswith("vr-face-s.safetensors")
-    for args in (["download", "vr-sr-x4-s"], ["verify", "vq-sr-x4-s"]):
-        code, out, err = cli(monkeypatch, capsys, "weights", *args)
-        assert code == 3 and out == "" and f"{args[1]} is unpublished (no trained weights exist yet)" in err
     code, _, err = cli(monkeypatch, capsys, "weights", "path", "vr-face-xl")
     assert code == 2 and "unknown model 'vr-face-xl'; choose one of vr-face-s, vq-face-s" in err  # a usage error
+    registry(monkeypatch, tmp_path, [entry_dict("sr-u", None, task="sr", preset="sr-tiny"),
+                                     entry_dict("sr-v", None, task="sr", preset="sr-tiny", head="vq")])
+    for args in (["download", "sr-u"], ["verify", "sr-v"]):
+        code, out, err = cli(monkeypatch, capsys, "weights", *args)
+        assert code == 3 and out == "" and f"{args[1]} is unpublished (no trained weights exist yet)" in err
 
 
 def test_unknown_or_wrong_task_name_is_a_usage_error(monkeypatch, capsys, tmp_path) -> None:
@@ -366,7 +375,7 @@ def test_import_key_mismatch_is_counted(monkeypatch, tmp_path, capsys) -> None:
                        "--preset", "face-tiny", "--head", "vr")
     n_face = len(_model("face-tiny").state_dict())
     assert code == 3
-    assert f"sr.pth does not fit FaceRestorer preset face-tiny head vr: " in err
+    assert "sr.pth does not fit FaceRestorer preset face-tiny head vr: " in err
     assert f"(of {n_face}); check --preset and --head" in err and "missing keys (e.g. " in err
     assert not (tmp_path / "o.safetensors").exists()
 
@@ -418,7 +427,8 @@ def test_import_rejects_garbage_and_missing_files(tmp_path) -> None:
 
 def test_card_writes_hub_front_matter(monkeypatch, tmp_path, capsys) -> None:
     out_dir = tmp_path / "card"
-    code, out, _ = cli(monkeypatch, capsys, "weights", "card", "vr-sr-x4-s", "-o", str(out_dir))  # still unpublished
+    registry(monkeypatch, tmp_path, [entry_dict("vr-sr-u", None, task="sr", preset="sr-tiny", license="other")])
+    code, out, _ = cli(monkeypatch, capsys, "weights", "card", "vr-sr-u", "-o", str(out_dir))  # unpublished
     readme = out_dir / "README.md"
     assert code == 0 and out.strip() == str(readme)
     text = readme.read_text()
@@ -427,9 +437,9 @@ def test_card_writes_hub_front_matter(monkeypatch, tmp_path, capsys) -> None:
     assert lines[0] == "---" and "license: other" in lines and "library_name: vrrestore" in lines
     assert "pipeline_tag: image-to-image" in lines and "tags:" in lines and "- vector-regression" in lines
     assert 'Zheng et al. 2025, "Rethinking the Role of Vector Quantization for Blind Image Restoration"' in body
-    assert "Status: unpublished" in body and "vrrestore image INPUT --model vr-sr-x4-s" in body
-    assert "restorer = Restorer.from_pretrained('vr-sr-x4-s')" in body
-    code, _, err = cli(monkeypatch, capsys, "weights", "card", "vr-sr-x4-s", "-o", str(out_dir))
+    assert "Status: unpublished" in body and "vrrestore image INPUT --model vr-sr-u" in body
+    assert "restorer = Restorer.from_pretrained('vr-sr-u')" in body
+    code, _, err = cli(monkeypatch, capsys, "weights", "card", "vr-sr-u", "-o", str(out_dir))
     assert code == 2 and "pass --overwrite" in err
     registry(monkeypatch, tmp_path, [entry_dict("sr-t", b"abc", repo_id="o/r", revision="d" * 40, task="sr", preset="sr-tiny")])
     assert cli(monkeypatch, capsys, "weights", "card", "sr-t", "-o", str(out_dir), "--overwrite")[0] == 0

@@ -43,6 +43,7 @@ def save_checkpoint(
     if dtype not in _DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(_DTYPES)}, not {dtype!r}")
     arch, cfg = architecture_of(model)
+    desc = describe(model)
     tensors = {
         k: (v.detach().to(_DTYPES[dtype]) if v.is_floating_point() else v.detach()).contiguous().cpu()
         for k, v in model.state_dict().items()
@@ -52,8 +53,8 @@ def save_checkpoint(
         "format_version": FORMAT_VERSION,
         "architecture": arch,
         "config": json.dumps(cfg),
-        "head": str(cfg["head"]),
-        "task": "face" if arch == "FaceRestorer" else "sr",
+        "head": desc.head,
+        "task": desc.task,
         "vrrestore_version": __version__,
         "dtype": dtype,
         "training": json.dumps(training or {}),

@@ -14,7 +14,26 @@ import typer
 
 
 class PrecisionChoice(str, Enum):
+    """Compute precision (the descriptor's Precision; training refuses fp16, having no loss scaling)."""
+
     auto = "auto"
+    fp32 = "fp32"
+    fp16 = "fp16"
+    bf16 = "bf16"
+
+
+class HeadChoice(str, Enum):
+    """The codebook heads of models.heads.HEAD_KINDS (a test keeps the two equal)."""
+
+    vr = "vr"
+    vq = "vq"
+    soft = "soft"
+    direct = "direct"
+
+
+class DtypeChoice(str, Enum):
+    """Storage precision of written weights (checkpoint._DTYPES; a test keeps the two equal)."""
+
     fp32 = "fp32"
     fp16 = "fp16"
     bf16 = "bf16"

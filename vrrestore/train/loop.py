@@ -159,7 +159,7 @@ def train(
 
 
 _RUN_IDENTITY = ("preset", "data", "batch_size", "lr", "seed", "size", "ema_decay", "warmup_steps", "cosine",
-                 "prior", "code", "fidelity")
+                 "prior", "code", "fidelity", "plain")
 
 
 def _adopt_saved(cfg: TrainConfig, saved: TrainConfig, say: Callable[[str], None]) -> None:
@@ -169,7 +169,7 @@ def _adopt_saved(cfg: TrainConfig, saved: TrainConfig, say: Callable[[str], None
     for name in _RUN_IDENTITY:
         mine, theirs = getattr(cfg, name), getattr(saved, name)
         if mine != theirs:
-            given = name not in ("prior", "code", "fidelity") and mine != getattr(defaults, name)
+            given = name not in ("prior", "code", "fidelity", "plain") and mine != getattr(defaults, name)
             if given:  # say so only when the caller asked for something else
                 say(f"--resume: keeping the saved run's {name} {theirs!r} (not {mine!r})")
             setattr(cfg, name, theirs)

@@ -3,9 +3,10 @@
     vrrestore train release face --minutes 130
 
 does the next piece of the ``face`` schedule within the wall-clock budget and stops cleanly
-before it: it resumes the unit (prior, code-vr, code-vq, fidelity-vr, fidelity-vq) that is not
-finished yet, exports the EMA weights of what it trained (fp16 safetensors), evaluates them on
-held-out images and writes ``progress.json`` next to them.
+before it: it resumes the unit (prior, code-vr, fidelity-vr, code-vq, fidelity-vq, and for faces
+the no-prior ``plain`` baseline, trained for the VR chain's training time) that is not finished
+yet, exports the EMA weights of what it trained (fp16 safetensors), evaluates them on held-out
+images and writes ``progress.json`` next to them.
 
 Two places, two lifetimes:
 - ``--state`` (default ``~/.cache/vrrestore/release``): full training state (optimisers, EMA, RNG,
@@ -41,7 +42,14 @@ from ..models.config import config_to_dict
 from ..models.descriptor import architecture_of
 from ..precision import cpu_bf16_flags, cpu_model
 from . import ckpt
-from .config import CodeOptions, FidelityOptions, PriorOptions, Stage, TrainConfig
+from .config import (
+    CodeOptions,
+    FidelityOptions,
+    PlainOptions,
+    PriorOptions,
+    Stage,
+    TrainConfig,
+)
 from .files import load_prior_file
 
 
@@ -54,7 +62,12 @@ MIN_PIECE_S = 300.0  # a unit is not started or resumed with less time than this
 
 @dataclass(frozen=True)
 class Unit:
-    """One trained piece of a schedule: a stage, and for code/fidelity the head it trains."""
+    """One trained piece of a schedule: a stage, and for code/fidelity the head it trains.
+
+    ``match`` names units whose training seconds, summed, are this unit's budget (the no-prior
+    baseline gets the CPU time of the VR chain); ``steps`` is then only a cap, and the learning rate
+    should be constant (``cosine=False``) since the number of steps is not known in advance.
+    """
 
     stage: Stage
     steps: int
@@ -62,16 +75,21 @@ class Unit:
     lr: float = 0.0  # 0 = the stage default
     warmup_steps: int = 0
     cosine: bool = True
-    options: dict[str, Any] = field(default_factory=dict)  # fields of Prior/Code/FidelityOptions
+    options: dict[str, Any] = field(default_factory=dict)  # fields of Prior/Code/Fidelity/PlainOptions
+    match: tuple[str, ...] = ()
 
     @property
     def name(self) -> str:
-        return self.stage if self.stage == "prior" else f"{self.stage}-{self.head}"
+        return self.stage if self.stage in ("prior", "plain") else f"{self.stage}-{self.head}"
 
     @property
     def upstream(self) -> str:
-        """The unit whose exported weights this one starts from ('' for the prior)."""
-        return {"prior": "", "code": "prior", "fidelity": f"code-{self.head}"}[self.stage]
+        """The unit whose exported weights this one starts from ('' for the prior and the baseline)."""
+        return {"prior": "", "plain": "", "code": "prior", "fidelity": f"code-{self.head}"}[self.stage]
+
+    def in_chain(self, head: str) -> bool:
+        """Whether the model released for ``head`` is built from this unit."""
+        return self.stage == "prior" or self.head == head
 
 
 @dataclass(frozen=True)
@@ -89,6 +107,9 @@ class Schedule:
     eval_images: int = 40
     licence: str = ""  # of the trained weights (follows the training data's terms)
     data_note: str = ""  # what the registry says about the training data
+
+    def chain(self, head: str) -> list[Unit]:
+        return [u for u in self.units if u.in_chain(head)]
 
     def unit(self, name: str) -> Unit:
         for u in self.units:
@@ -113,13 +134,18 @@ def release_units(prior: int, code: int, fidelity: int, disc_start: int) -> tupl
           for stage, steps, head in heads),
     )
 
+
+# The no-prior baseline (models/plain.py) for as many training seconds as the VR chain took; last,
+# so it never delays the models that ship. L1 only at a constant rate (its step count is not known).
+PLAIN_UNIT = Unit("plain", 1_000_000, lr=2e-4, warmup_steps=100, cosine=False, match=("prior", "code-vr", "fidelity-vr"))
+
 SCHEDULES: dict[str, Schedule] = {
     "face": Schedule(
         name="face", task="face", preset="face-cpu",
         data=("packs/faces_train_256.tar", "faces_hq/train"),
         eval_data="faces_hq/test/london_canada_256", eval_recipe="face-eval",
         batch_size=8, seed=0,
-        units=release_units(prior=4000, code=1000, fidelity=500, disc_start=2500),
+        units=(*release_units(prior=7500, code=1000, fidelity=800, disc_start=2500), PLAIN_UNIT),
         release={"vr": "vr-face-s", "vq": "vq-face-s"},
         licence="other",
         data_note=(
@@ -216,9 +242,38 @@ def save_progress(out_dir: Path, progress: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+def match_seconds(unit: Unit, progress: dict[str, Any]) -> float:
+    """The training-seconds budget of a ``match`` unit: what its matched units have taken so far."""
+    return sum(float(progress["units"].get(n, {}).get("seconds", 0.0)) for n in unit.match)
+
+
+# A match unit stops at the first step past its budget; a unit matching a chain that later trains
+# longer (a longer prior) is resumed for the difference.
+MATCH_TOLERANCE_S = 30.0
+
+
 def unit_done(unit: Unit, progress: dict[str, Any]) -> bool:
     rec = progress["units"].get(unit.name)
-    return bool(rec) and int(rec.get("step", 0)) >= unit.steps
+    if not rec:
+        return False
+    if int(rec.get("step", 0)) >= unit.steps:
+        return True
+    if unit.match:
+        matched = all(n in progress["units"] for n in unit.match)
+        return matched and float(rec.get("seconds", 0.0)) >= match_seconds(unit, progress) - MATCH_TOLERANCE_S
+    return False
+
+
+def unit_current(schedule: Schedule, unit: Unit, progress: dict[str, Any], out_dir: Path) -> bool:
+    """Whether the unit's record was trained from the upstream file that is there now, and that one
+    from its own, up to the prior (a longer prior makes every unit below it stale until the runner
+    reaches and retrains it)."""
+    if not unit.upstream:
+        return True
+    up = out_dir / f"{unit.upstream}.safetensors"
+    rec = progress["units"].get(unit.name, {})
+    return (up.is_file() and rec.get("upstream_sha256") == sha256_file(up)
+            and unit_current(schedule, schedule.unit(unit.upstream), progress, out_dir))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -231,7 +286,7 @@ def unit_config(schedule: Schedule, unit: Unit, run_dir: Path, data_root: Path) 
         preset=schedule.preset, steps=unit.steps, batch_size=schedule.batch_size, lr=unit.lr, seed=schedule.seed,
         workers=1, warmup_steps=unit.warmup_steps, cosine=unit.cosine, ckpt_every=250, progress=False,
     )
-    opts_cls = {"prior": PriorOptions, "code": CodeOptions, "fidelity": FidelityOptions}[unit.stage]
+    opts_cls = {"prior": PriorOptions, "code": CodeOptions, "fidelity": FidelityOptions, "plain": PlainOptions}[unit.stage]
     opts = dataclasses.replace(getattr(cfg, unit.stage), **unit.options)
     if unit.stage == "code":
         opts = dataclasses.replace(opts, head=unit.head)
@@ -282,12 +337,14 @@ def _eval_images(schedule: Schedule, data_root: Path) -> list[Path]:
 @torch.inference_mode()
 def evaluate_prior(file: Path, schedule: Schedule, data_root: Path) -> dict[str, float]:
     """Observation 1 of the paper on our prior: PSNR/SSIM of decoder(HQ encoder feature) and of
-    decoder(its quantized feature), on held-out HQ images."""
+    decoder(its quantized feature), on held-out HQ images; and how many codes those images use (a
+    VQ head can only ever pick among the codes in use, a VR head combines all of them)."""
     from ..benchmark import read_hq
     from ..metrics.fidelity import psnr, ssim
     vq, _ = load_prior_file(file)
     vq.eval()
     rows: dict[str, list[float]] = {"psnr_continuous": [], "ssim_continuous": [], "psnr_quantized": [], "ssim_quantized": []}
+    used: set[int] = set()
     for p in _eval_images(schedule, data_root):
         gt = read_hq(p)
         s = vq.cfg.img_size
@@ -299,11 +356,15 @@ def evaluate_prior(file: Path, schedule: Schedule, data_root: Path) -> dict[str,
         gt = gt[: gt.shape[0] - gt.shape[0] % m, : gt.shape[1] - gt.shape[1] % m]
         x = torch.from_numpy(np.ascontiguousarray(gt.transpose(2, 0, 1)))[None].float() * 2 - 1
         z = vq.encode(x)
-        for kind, feat in (("continuous", z), ("quantized", vq.quantize(z).feat)):
+        q = vq.quantize(z)
+        assert q.indices is not None
+        used.update(q.indices.flatten().tolist())
+        for kind, feat in (("continuous", z), ("quantized", q.feat)):
             out = ((vq.decode(feat) + 1) * 0.5).clamp(0, 1)[0].permute(1, 2, 0).numpy()
             rows[f"psnr_{kind}"].append(psnr(out, gt))
             rows[f"ssim_{kind}"].append(ssim(out, gt))
-    return {k: round(float(np.mean(v)), 4) for k, v in rows.items()} | {"images": len(rows["psnr_quantized"])}
+    return ({k: round(float(np.mean(v)), 4) for k, v in rows.items()}
+            | {"images": len(rows["psnr_quantized"]), "codes_used": len(used), "codebook_size": vq.cfg.codebook_size})
 
 
 def evaluate_restorer(file: Path, schedule: Schedule, data_root: Path, fidelities: tuple[float, ...]) -> dict[str, Any]:
@@ -387,13 +448,17 @@ def run(
         if up and not unit_done(schedule.unit(up), progress):
             say(f"{unit.name}: waiting for {up} to finish")
             continue
+        waiting = [n for n in unit.match if not unit_done(schedule.unit(n), progress)]
+        if waiting:
+            say(f"{unit.name}: waiting for {', '.join(waiting)} to finish (its budget is their training time)")
+            continue
         left = t_end - time.monotonic() - RESERVE_S
         if left < MIN_PIECE_S:
             say(f"{unit.name}: {max(0.0, left) / 60:.1f} min left in the budget; stopping here")
             break
         results.append(_piece(schedule, unit, progress, out_dir, state_root, data_root, left, train, say))
         save_progress(out_dir, progress)
-        if results[-1].reason != "done":
+        if results[-1].reason != "done" and not unit_done(unit, progress):
             break
     return results
 
@@ -439,6 +504,8 @@ def _piece(
         start_step = int(rec["step"])
         if unit.stage == "prior":
             cfg.prior.init = str(committed)
+        elif unit.stage == "plain":
+            cfg.plain.init_weights = str(committed)
         elif unit.stage == "code":
             cfg.code.init_weights = str(committed)
         else:
@@ -456,9 +523,14 @@ def _piece(
         code_cfg = unit_config(schedule, schedule.unit(unit.upstream), state_root / schedule.name / unit.upstream, data_root)
         init_state = code_state_from_files(upstream_file, out_dir / "prior.safetensors", code_cfg)
         cfg.fidelity.init = str(upstream_file)
-    cfg.max_minutes = (prev_seconds + seconds_left) / 60.0
+    budget = seconds_left
+    if unit.match:  # what is left of the matched training time, counted as the record counts it
+        done_s = prev_seconds if resume else float(rec.get("seconds", 0.0)) if start_step else 0.0
+        budget = min(budget, max(0.0, match_seconds(unit, progress) - done_s))
+    cfg.max_minutes = (prev_seconds + budget) / 60.0
     at = "its checkpoint" if resume else f"step {rec.get('step', 0)}"
-    say(f"{unit.name}: training from {at} towards step {unit.steps} for at most {seconds_left / 60:.1f} min")
+    goal = f"{match_seconds(unit, progress) / 60:.1f} training minutes" if unit.match else f"step {unit.steps}"
+    say(f"{unit.name}: training from {at} towards {goal} for at most {budget / 60:.1f} min")
     t0 = time.monotonic()
     result = train(cfg, resume=resume, init_state=init_state)
     wall = time.monotonic() - t0
@@ -496,15 +568,22 @@ def _piece(
 def evaluate_unit(unit: Unit, file: Path, schedule: Schedule, data_root: Path) -> dict[str, Any]:
     if unit.stage == "prior":
         return evaluate_prior(file, schedule, data_root)
-    return evaluate_restorer(file, schedule, data_root, (0.0,) if unit.stage == "code" else (0.0, 0.5, 1.0))
+    # the code stage has no fusion yet, the plain baseline no knob: one weight tells all
+    return evaluate_restorer(file, schedule, data_root, (0.0,) if unit.stage in ("code", "plain") else (0.0, 0.5, 1.0))
 
 
-def describe_progress(schedule: Schedule, progress: dict[str, Any]) -> list[str]:
-    """One line per unit: steps done / planned and the latest held-out numbers."""
+def describe_progress(schedule: Schedule, progress: dict[str, Any], out_dir: Path | None = None) -> list[str]:
+    """One line per unit: steps (or minutes) done / planned, "stale" when it was trained from an older
+    upstream file than the one in ``out_dir`` (it will be trained again), and the latest held-out numbers."""
     lines = []
     for u in schedule.units:
         rec = progress["units"].get(u.name, {})
-        lines.append(f"{u.name:<12} {rec.get('step', 0):>6}/{u.steps:<6} {json.dumps(rec.get('eval', {}))}")
+        if u.match:
+            goal = f"{rec.get('seconds', 0.0) / 60:.0f}/{match_seconds(u, progress) / 60:.0f} min"
+        else:
+            goal = f"{rec.get('step', 0)}/{u.steps}"
+        stale = "stale" if rec and out_dir is not None and not unit_current(schedule, u, progress, out_dir) else ""
+        lines.append(f"{u.name:<12} {goal:>13} {stale:<5} {json.dumps(rec.get('eval', {}))}")
     return lines
 
 
@@ -522,9 +601,14 @@ def publish(schedule: Schedule, out_dir: Path, package_dir: Path, say: Callable[
     registry = json.loads(registry_file.read_text())
     done: list[str] = []
     for head, name in schedule.release.items():
-        chain = [u for u in schedule.units if u.head in ("", head)]
+        chain = schedule.chain(head)
         if not all(unit_done(u, progress) for u in chain):
             say(f"{name}: not published, its chain is unfinished ({', '.join(u.name for u in chain if not unit_done(u, progress))})")
+            continue
+        stale = [u.name for u in chain if not unit_current(schedule, u, progress, out_dir)]
+        if stale:  # e.g. the prior trained longer and the VQ twin has not been retrained on it yet
+            say(f"{name}: not published, {', '.join(stale)} started from older files than those now in "
+                f"{out_dir}; `vrrestore train release {schedule.name}` trains them again")
             continue
         src = out_dir / f"fidelity-{head}.safetensors"
         dst = package_dir / "bundled" / f"{name}.safetensors"

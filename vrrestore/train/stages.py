@@ -6,6 +6,8 @@
 2. ``CodeStage``: LQ encoder + transformer + head with the prior frozen (codebook, decoder, and a
    frozen copy of the HQ encoder that produces the targets). See CodeOptions for the losses.
 3. ``FidelityStage``: adds the fusion blocks and image losses with a per-sample fidelity weight.
+
+``PlainStage`` trains the no-prior baseline (models/plain.py) the release models are compared with.
 """
 
 from __future__ import annotations
@@ -31,13 +33,19 @@ from ..models.config import config_from_dict, config_to_dict
 from ..models.descriptor import architecture_of, build_model
 from ..models.face import FaceConfig
 from ..models.heads import HEAD_KINDS, HeadOutput
+from ..models.plain import PlainConfig, PlainRestorer
 from ..models.sr import SRConfig
 from ..models.vqgan import VQAutoEncoder, VQConfig, to_tokens
 from . import ckpt
 from .config import TrainConfig
 from .discriminator import PatchDiscriminator
 from .ema import ModelEMA
-from .files import check_prior_fits, load_prior_file, load_restorer_weights
+from .files import (
+    check_prior_fits,
+    load_plain_weights,
+    load_prior_file,
+    load_restorer_weights,
+)
 from .losses import (
     Perceptual,
     adaptive_weight,
@@ -654,6 +662,48 @@ class FidelityStage(_RestorerStage):
         return m
 
 
+# ------------------------------------------------------------------------------------------------
+# The no-prior baseline
+
+
+class PlainStage(StageBase):
+    """PlainRestorer from scratch on (LQ, HQ) pairs with L1 (see PlainOptions); EMA like the others."""
+
+    name = "plain"
+
+    def __init__(self, cfg: TrainConfig, rt: Runtime) -> None:
+        super().__init__(cfg, rt)
+        if not cfg.preset:
+            raise UsageError("the plain stage needs --preset (a face preset, e.g. face-cpu)")
+        model_cfg = get_preset(cfg.preset)
+        if not isinstance(model_cfg, FaceConfig):
+            raise UsageError(f"--preset {cfg.preset}: the plain baseline is a face model; use a face preset")
+        self.recipe = cfg.plain.recipe or default_recipe(model_cfg)
+        check_recipe_scale(self.recipe, model_cfg, cfg.preset)
+        self.vq_cfg: VQConfig = model_cfg.prior
+        self.model = PlainRestorer(PlainConfig(prior=self.vq_cfg))
+        if cfg.plain.init_weights:
+            load_plain_weights(self.model, cfg.plain.init_weights)
+        self.model.to(rt.device)
+        self.net = self.wrap(self.model)
+        self.nets = {"model": self.model}
+        self.add_optim("g", list(self.model.parameters()), cfg.learning_rate, (0.9, 0.99))
+        self.ema = ModelEMA(self.model, cfg.ema_decay)
+
+    def model_meta(self) -> dict[str, Any]:
+        arch, cfg = architecture_of(self.model)
+        return {"architecture": arch, "config": cfg, "preset": self.cfg.preset}
+
+    def train_step(self, batch: dict[str, Any], step: int) -> dict[str, float]:
+        gt, lq = self.images_in(batch)
+        with self.autocast():
+            out = self.net(lq)
+        l1 = (out.float() - gt).abs().mean()
+        self.step_optim("g", l1)
+        self.ema.update(self.model)  # type: ignore[union-attr]
+        return {"l1": l1.item(), "loss": l1.item()}
+
+
 def build_stage(cfg: TrainConfig, rt: Runtime, init_state: dict[str, Any] | None = None) -> StageBase:
     """The stage named by ``cfg.stage``; ``init_state`` replaces reading the previous stage's checkpoint
     from ``cfg.code.init`` / ``cfg.fidelity.init`` (the release runner builds it from exported files)."""
@@ -663,4 +713,6 @@ def build_stage(cfg: TrainConfig, rt: Runtime, init_state: dict[str, Any] | None
         return CodeStage(cfg, rt, init_state)
     if cfg.stage == "fidelity":
         return FidelityStage(cfg, rt, init_state)
+    if cfg.stage == "plain":
+        return PlainStage(cfg, rt)
     raise UsageError(f"unknown stage {cfg.stage!r}")
