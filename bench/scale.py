@@ -67,6 +67,17 @@ def cli_args(task: str, precision: str) -> list[str]:
     return ["image", "--precision", precision, "--ext", "bmp"]
 
 
+def counts_arg(text: str) -> list[int]:
+    """A comma-separated list of positive integers (argparse type: bad input is a one-line error)."""
+    try:
+        values = [int(x) for x in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected comma-separated whole numbers, e.g. 32,128") from None
+    if any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"{text!r}: every count must be 1 or more")
+    return sorted(set(values))
+
+
 def fit(points: list[tuple[int, float]]) -> tuple[float, float]:
     """(start-up s, steady images/s) from (images, wall s) by least squares; one point gives (0, n / wall)."""
     if len({n for n, _ in points}) < 2:
@@ -117,9 +128,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--task", choices=("face", "image"), default="face", help="face: aligned crops (no detection); image: tiled SR")
     ap.add_argument("--preset", default=None, help="model preset (default: face-cpu for face, sr-x4-cpu for image)")
-    ap.add_argument("--images", default="32,128", help="comma-separated image counts (two or more split start-up from the steady rate)")
+    ap.add_argument("--images", type=counts_arg, default="32,128", help="comma-separated image counts (two or more split start-up from the steady rate)")
     ap.add_argument("--size", type=int, default=None, help="input side in px (default: the face model's size; 128 for image)")
-    ap.add_argument("--workers", default="1,2", help="comma-separated worker counts (shards and actors)")
+    ap.add_argument("--workers", type=counts_arg, default="1,2", help="comma-separated worker counts (shards and actors)")
     ap.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"))
     ap.add_argument("--batch-size", type=int, default=4, help="rows per Ray batch")
     ap.add_argument("--no-ray", action="store_true", help="only the CLI shards")
@@ -132,8 +143,7 @@ def main() -> None:
     name = args.preset or ("face-cpu" if args.task == "face" else "sr-x4-cpu")
     cfg = preset(name)
     size = args.size or (cfg.prior.img_size if args.task == "face" else 128)  # type: ignore[union-attr]
-    workers = [int(w) for w in args.workers.split(",")]
-    counts = sorted({int(n) for n in args.images.split(",")})
+    workers, counts = args.workers, args.images
     tmp = Path(tempfile.mkdtemp(prefix="vrrestore-scale-"))
     rows: list[dict[str, object]] = []
 
@@ -189,7 +199,8 @@ def main() -> None:
         start, steady = split[(path, w)]
         cli = split.get(("CLI shards", w), (0.0, float("nan")))[1]
         rates = " | ".join(f"{r['images_per_s']:.2f}" for r in sorted(g, key=lambda r: int(r["images"])))  # type: ignore[call-overload]
-        lines.append(f"| {path} | {w} | {rates} | {start:.1f} | {steady:.2f} | {steady / cli:.0%} |")
+        shown = f"{start:.1f}" if len(counts) > 1 else "-"  # one count cannot split start-up from the rate
+        lines.append(f"| {path} | {w} | {rates} | {shown} | {steady:.2f} | {steady / cli:.0%} |")
         for r in g:
             r.update(startup_s=round(start, 2), steady_images_per_s=round(steady, 3))
     table = "\n".join(lines)

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from fakehub import entry_dict, write_registry
+from fakemodels import with_trained_fusion
 from PIL import Image as PILImage
 from typer.testing import CliRunner
 
@@ -45,7 +46,7 @@ def ckpts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("api")
     torch.manual_seed(0)
     return {
-        "sr": save_checkpoint(build_model("SRRestorer", preset("sr-tiny")), d / "sr-tiny.safetensors"),
+        "sr": save_checkpoint(with_trained_fusion(build_model("SRRestorer", preset("sr-tiny"))), d / "sr-tiny.safetensors"),
         "face": save_checkpoint(build_model("FaceRestorer", preset("face-tiny")), d / "face-tiny.safetensors"),
     }
 

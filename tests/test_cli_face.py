@@ -11,6 +11,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from fakemodels import with_trained_fusion
 from PIL import Image as PILImage
 from typer.testing import CliRunner
 
@@ -43,7 +44,7 @@ def _isolated(tmp_path, monkeypatch):
 def files(tmp_path_factory) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("face_cli")
     torch.manual_seed(0)
-    ckpt = save_checkpoint(build_model("FaceRestorer", preset("face-tiny")), d / "f.safetensors")
+    ckpt = save_checkpoint(with_trained_fusion(build_model("FaceRestorer", preset("face-tiny"))), d / "f.safetensors")
     astro = skdata.astronaut()
     out = {"ckpt": ckpt}
     for name, arr in {

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from fakemodels import with_trained_fusion
 from typer.testing import CliRunner
 
 from vrrestore.checkpoint import save_checkpoint
@@ -32,7 +33,7 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "200"}
 @pytest.fixture(scope="module")
 def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.manual_seed(0)
-    return save_checkpoint(build_model("SRRestorer", preset("sr-tiny")), tmp_path_factory.mktemp("m") / "m.safetensors")
+    return save_checkpoint(with_trained_fusion(build_model("SRRestorer", preset("sr-tiny"))), tmp_path_factory.mktemp("m") / "m.safetensors")
 
 
 def img(path: Path, w: int = 16, h: int = 16, *, alpha: bool = False, gray16: bool = False) -> Path:

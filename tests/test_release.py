@@ -290,3 +290,84 @@ def test_publish_bundles_current_chains_only(world: dict[str, Path], tmp_path: P
     assert status["prior"][1] == "6/6" and "stale" not in status["prior"]
     assert all(status[n][2] == "stale" for n in ("code-vr", "code-vq", "fidelity-vr", "fidelity-vq"))
     assert json.loads((pkg / "weights.json").read_text())["models"][0]["sha256"] == vr["sha256"]  # left as it was
+
+
+def test_a_new_unit_revision_retrains_that_unit_only(world: dict[str, Path], tmp_path: Path) -> None:
+    sch = tiny_schedule()
+    _run(world, sch)
+    before = json.loads((world["out"] / "progress.json").read_text())["units"]
+    assert all(rec["revision"] == 1 for rec in before.values())
+    new = dataclasses.replace(sch, units=tuple(dataclasses.replace(u, revision=2) if u.name == "fidelity-vr" else u for u in sch.units))
+    status = {line.split()[0]: line.split() for line in rel.describe_progress(new, json.loads((world["out"] / "progress.json").read_text()), world["out"])}
+    assert status["fidelity-vr"][2] == "stale" and all("stale" not in status[n] for n in ("prior", "code-vr", "code-vq", "fidelity-vq"))
+    pkg = tmp_path / "pkg"
+    (pkg / "bundled").mkdir(parents=True)
+    (pkg / "weights.json").write_text(json.dumps({"schema": 1, "models": [{"name": "vr-tiny"}, {"name": "vq-tiny"}]}))
+    assert rel.publish(new, world["out"], pkg, say=lambda _s: None) == ["vq-tiny"]  # the VR chain waits for its retrain
+    said: list[str] = []
+    results = rel.run(new, 30.0, world["out"], world["state"], world["data"], say=said.append)
+    assert [r.unit for r in results] == ["fidelity-vr"] and results[0].start_step == 0
+    assert "fidelity-vr: its training changed (revision 1 -> 2); training it again" in said
+    after = json.loads((world["out"] / "progress.json").read_text())["units"]
+    assert after["fidelity-vr"]["revision"] == 2 and after["fidelity-vr"]["updated"] >= before["fidelity-vr"]["updated"]
+    assert all(after[n]["sha256"] == before[n]["sha256"] for n in ("prior", "code-vr", "code-vq", "fidelity-vq"))
+    assert rel.publish(new, world["out"], pkg, say=lambda _s: None) == ["vr-tiny", "vq-tiny"]
+
+
+def test_the_face_schedule_retrains_fidelity_trained_before_the_fidelity_weighted_loss(tmp_path: Path) -> None:
+    """Records without a revision (all before it existed) are revision 1: the face schedule's fidelity
+    units count as stale, the others (same files, same shas) as current."""
+    face = rel.SCHEDULES["face"]
+    for name in ("prior", "code-vr", "code-vq"):
+        (tmp_path / f"{name}.safetensors").write_bytes(name.encode())
+    sha = {n: rel.sha256_file(tmp_path / f"{n}.safetensors") for n in ("prior", "code-vr", "code-vq")}
+    progress = {"units": {
+        "prior": {"step": 1}, "code-vr": {"upstream_sha256": sha["prior"]}, "code-vq": {"upstream_sha256": sha["prior"]},
+        "fidelity-vr": {"upstream_sha256": sha["code-vr"]}, "fidelity-vq": {"upstream_sha256": sha["code-vq"]},
+    }}
+    current = {u.name: rel.unit_current(face, u, progress, tmp_path) for u in face.units if u.name in progress["units"]}
+    assert current == {"prior": True, "code-vr": True, "code-vq": True, "fidelity-vr": False, "fidelity-vq": False}
+
+
+def test_seconds_add_up_across_a_new_machine_and_an_exact_resume_there(world: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """New machine (count restarts at 0 from the committed weights), then an exact resume of that
+    run: the record's seconds keep the first machine's part, so a matched budget is not owed twice."""
+    from vrrestore.train import loop
+
+    real_train = loop.train
+    only = ("prior",)
+    sch = tiny_schedule(prior_steps=4)
+    rel.run(sch, 30.0, world["out"], world["state"], world["data"], say=lambda _s: None, only=only)
+    first = json.loads((world["out"] / "progress.json").read_text())["units"]["prior"]["seconds"]
+    shutil.rmtree(world["state"])
+    longer = dataclasses.replace(sch, units=tuple(dataclasses.replace(u, steps=8) if u.name == "prior" else u for u in sch.units))
+
+    def stop_at_6(cfg, resume=False, stop=None, init_state=None):  # noqa: ANN001, ANN202
+        return real_train(cfg, resume=resume, stop=lambda s: s >= 6, init_state=init_state)
+
+    monkeypatch.setattr(loop, "train", stop_at_6)
+    rel.run(longer, 30.0, world["out"], world["state"], world["data"], say=lambda _s: None, only=only)
+    rec = json.loads((world["out"] / "progress.json").read_text())["units"]["prior"]
+    assert rec["step"] == 6 and rec["seconds_base"] == pytest.approx(first, abs=0.1) and rec["seconds"] > first
+    second = rec["seconds"]
+    monkeypatch.setattr(loop, "train", real_train)
+    rel.run(longer, 30.0, world["out"], world["state"], world["data"], say=lambda _s: None, only=only)
+    rec = json.loads((world["out"] / "progress.json").read_text())["units"]["prior"]
+    log = [json.loads(x) for x in (world["state"] / "tiny" / "prior" / "log.jsonl").read_text().splitlines()]
+    assert [r["resumed"] for r in log if r["event"] == "start"] == [False, True]  # the last piece is an exact resume
+    assert rec["step"] == 8 and rec["seconds_base"] == pytest.approx(first, abs=0.1) and rec["seconds"] > second
+
+
+def test_cli_release_says_nothing_is_left_only_when_all_is_done(
+    world: dict[str, Path], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(rel, "MIN_PIECE_S", 1e9)  # no budget is enough: nothing trains
+    monkeypatch.setitem(rel.SCHEDULES, "tiny", tiny_schedule())
+    args = ("train", "release", "tiny", "--minutes", "1", "--out", str(world["out"].parent), "--state", str(world["state"]),
+            "--data-root", str(world["data"]))
+    code, _, err = run_main(monkeypatch, capsys, *args)
+    assert code == 0 and "prior: 1.0 min left in the budget; stopping here" in err and "nothing left" not in err
+    monkeypatch.setattr(rel, "MIN_PIECE_S", 0.0)
+    _run(world, tiny_schedule())
+    code, _, err = run_main(monkeypatch, capsys, *args)
+    assert code == 0 and "nothing left to train" in err

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -309,3 +310,10 @@ def test_scale_bench_splits_start_up_from_the_steady_rate() -> None:
     start, steady = scale.fit([(32, 3.0 + 32 / 10.0), (128, 3.0 + 128 / 10.0)])
     assert start == pytest.approx(3.0) and steady == pytest.approx(10.0)
     assert scale.fit([(64, 8.0)]) == (0.0, 8.0)  # one count: no split, the end-to-end rate
+    assert scale.counts_arg("128,32,32") == [32, 128]
+    for bad, says in (("32,abc", "whole numbers"), ("0,4", "1 or more"), ("", "whole numbers")):
+        with pytest.raises(argparse.ArgumentTypeError, match=says):
+            scale.counts_arg(bad)
+    r = subprocess.run([sys.executable, str(Path(scale.__file__)), "--images", "32,abc"], capture_output=True, text=True)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines()[-1].endswith("argument --images: '32,abc': expected comma-separated whole numbers, e.g. 32,128")

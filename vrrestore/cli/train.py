@@ -290,6 +290,10 @@ def fidelity(
     disc_width: DiscWidth = 0,
     adaptive_every: AdaptiveEvery = 1,
     perceptual: PerceptualOpt = PerceptualNet.alex,
+    fidelity_gain: Annotated[float, typer.Option("--fidelity-gain", min=0.0, help=(
+        "How the loss follows the fidelity weight w: L1 x (1 + gain*w), perceptual and GAN / (1 + gain*w); "
+        "0 = the same loss at every w (the knob then learns nothing)."
+    ))] = 3.0,  # FidelityOptions.fidelity_gain (a test keeps the two equal)
     max_pixels: MaxPixels = None,
 ) -> None:
     """Stage 3: train the fusion blocks (and fine-tune encoder/transformer) with image losses at a
@@ -304,6 +308,7 @@ def fidelity(
     cfg.fidelity.init = str(code_ckpt)
     cfg.fidelity.recipe = recipe or ""
     cfg.fidelity.disc_start = disc_start
+    cfg.fidelity.fidelity_gain = fidelity_gain
     cfg.fidelity.init_weights = _existing(init)
     _run(cfg, resume)
 
@@ -363,7 +368,8 @@ def release(
     ))] = None,
     status: Annotated[bool, typer.Option("--status", help="Print the schedule's progress and exit.")] = False,
 ) -> None:
-    """Do the next piece of a release schedule (prior -> code vr/vq -> fidelity vr/vq -> plain baseline) within a budget."""
+    """Do the next piece of a release schedule (prior -> code-vr -> fidelity-vr -> code-vq -> fidelity-vq, then the
+    face schedule's plain baseline) within a wall-clock budget."""
     from ..train import release as rel
 
     if schedule not in rel.SCHEDULES:
@@ -378,7 +384,8 @@ def release(
         raise UsageError(f"release {schedule}: pass --minutes (the wall-clock budget), or --status to see the progress")
     results = rel.run(sch, minutes, out_dir, state, data_root,
                       say=lambda s: err_console.print(s, highlight=False))
-    if not results:
+    progress = rel.load_progress(out_dir, sch)
+    if not results and all(rel.unit_done(u, progress) for u in sch.units):
         err_console.print(f"release {schedule}: nothing left to train in {out_dir}", highlight=False)
 
 

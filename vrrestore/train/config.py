@@ -76,6 +76,7 @@ class FidelityOptions:
     perceptual_weight: float = 1.0
     perceptual_net: str = "alex"
     gan_weight: float = 0.1  # times the adaptive weight, which is clamped to <= 1
+    fidelity_gain: float = 3.0  # L1 x (1 + gain*w), perceptual and GAN / (1 + gain*w): see losses.fidelity_loss_scales
     disc_start: int = 2000
     disc_width: int = 0
     adaptive_every: int = 1

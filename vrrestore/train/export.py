@@ -19,7 +19,7 @@ from .stages import build_restorer
 def export(
     checkpoint: str | os.PathLike[str], out: str | os.PathLike[str], dtype: str = "fp16", *, overwrite: bool = True
 ) -> Path:
-    """Write the EMA restorer of a code- or fidelity-stage checkpoint with save_checkpoint.
+    """Write the EMA model of a code-, fidelity- or plain-stage checkpoint with save_checkpoint.
 
     The metadata's ``training`` entry summarises every stage that led to it (data, steps, seconds,
     head, preset, recipe); a whitened VR head is folded back into a plain one first.

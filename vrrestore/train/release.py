@@ -65,7 +65,7 @@ class Unit:
     """One trained piece of a schedule: a stage, and for code/fidelity the head it trains.
 
     ``match`` names units whose training seconds, summed, are this unit's budget (the no-prior
-    baseline gets the CPU time of the VR chain); ``steps`` is then only a cap, and the learning rate
+    baseline gets the training wall-seconds of the VR chain, on the same kind of machine); ``steps`` is then only a cap, and the learning rate
     should be constant (``cosine=False``) since the number of steps is not known in advance.
     """
 
@@ -77,6 +77,9 @@ class Unit:
     cosine: bool = True
     options: dict[str, Any] = field(default_factory=dict)  # fields of Prior/Code/Fidelity/PlainOptions
     match: tuple[str, ...] = ()
+    # Raised when the unit's training changes in code (a new loss): a record of another revision is
+    # stale and retrained, as if its upstream had changed. Records without one are revision 1.
+    revision: int = 1
 
     @property
     def name(self) -> str:
@@ -128,9 +131,11 @@ def release_units(prior: int, code: int, fidelity: int, disc_start: int) -> tupl
     budget of the VR-vs-VQ comparison is built in here, not repeated per schedule)."""
     heads = [(stage, steps, head) for head in ("vr", "vq") for stage, steps in (("code", code), ("fidelity", fidelity))]
     rates = {"code": (5e-4, 100, {}), "fidelity": (1e-4, 50, _FID_OPTS)}
+    revision = {"code": 1, "fidelity": 2}  # fidelity 2: losses follow the fidelity weight (fidelity_gain)
     return (
         Unit("prior", prior, lr=2e-4, warmup_steps=100, options=dict(_PRIOR_OPTS, disc_start=disc_start)),
-        *(Unit(stage, steps, head, lr=rates[stage][0], warmup_steps=rates[stage][1], options=dict(rates[stage][2]))  # type: ignore[arg-type]
+        *(Unit(stage, steps, head, lr=rates[stage][0], warmup_steps=rates[stage][1], options=dict(rates[stage][2]),  # type: ignore[arg-type]
+               revision=revision[stage])
           for stage, steps, head in heads),
     )
 
@@ -268,10 +273,12 @@ def unit_current(schedule: Schedule, unit: Unit, progress: dict[str, Any], out_d
     """Whether the unit's record was trained from the upstream file that is there now, and that one
     from its own, up to the prior (a longer prior makes every unit below it stale until the runner
     reaches and retrains it)."""
+    rec = progress["units"].get(unit.name, {})
+    if int(rec.get("revision", 1)) != unit.revision:
+        return False
     if not unit.upstream:
         return True
     up = out_dir / f"{unit.upstream}.safetensors"
-    rec = progress["units"].get(unit.name, {})
     return (up.is_file() and rec.get("upstream_sha256") == sha256_file(up)
             and unit_current(schedule, schedule.unit(unit.upstream), progress, out_dir))
 
@@ -441,7 +448,7 @@ def run(
     for unit in schedule.units:
         if only and unit.name not in only:
             continue
-        _invalidate_if_upstream_changed(schedule, unit, progress, out_dir, state_root, say)
+        _invalidate_if_stale(schedule, unit, progress, out_dir, state_root, say)
         if unit_done(unit, progress):
             continue
         up = unit.upstream
@@ -463,18 +470,23 @@ def run(
     return results
 
 
-def _invalidate_if_upstream_changed(
+def _invalidate_if_stale(
     schedule: Schedule, unit: Unit, progress: dict[str, Any], out_dir: Path, state_root: Path, say: Callable[[str], None],
 ) -> None:
     rec = progress["units"].get(unit.name)
-    if not rec or not unit.upstream:
+    if not rec:
         return
-    up = out_dir / f"{unit.upstream}.safetensors"
-    if up.is_file() and rec.get("upstream_sha256") != sha256_file(up):
-        say(f"{unit.name}: {up.name} changed since this unit started; training it again")
-        progress["units"].pop(unit.name)
-        shutil.rmtree(state_root / schedule.name / unit.name, ignore_errors=True)
-        (out_dir / f"{unit.name}.safetensors").unlink(missing_ok=True)
+    if int(rec.get("revision", 1)) != unit.revision:
+        why = f"its training changed (revision {rec.get('revision', 1)} -> {unit.revision})"
+    elif unit.upstream and (up := out_dir / f"{unit.upstream}.safetensors").is_file() and rec.get("upstream_sha256") != sha256_file(up):
+        why = f"{up.name} changed since this unit started"
+    else:
+        return
+    say(f"{unit.name}: {why}; training it again")
+    progress["units"].pop(unit.name)
+    shutil.rmtree(state_root / schedule.name / unit.name, ignore_errors=True)
+    (out_dir / f"{unit.name}.safetensors").unlink(missing_ok=True)
+    save_progress(out_dir, progress)
 
 
 def _piece(
@@ -523,9 +535,12 @@ def _piece(
         code_cfg = unit_config(schedule, schedule.unit(unit.upstream), state_root / schedule.name / unit.upstream, data_root)
         init_state = code_state_from_files(upstream_file, out_dir / "prior.safetensors", code_cfg)
         cfg.fidelity.init = str(upstream_file)
+    # A continuation from the committed weights (new machine) starts the loop's seconds at 0; what
+    # the record held then is the base of every later count, exact resumes of that run included.
+    base_s = float(rec.get("seconds_base", 0.0)) if resume else float(rec.get("seconds", 0.0)) if start_step else 0.0
     budget = seconds_left
     if unit.match:  # what is left of the matched training time, counted as the record counts it
-        done_s = prev_seconds if resume else float(rec.get("seconds", 0.0)) if start_step else 0.0
+        done_s = base_s + (prev_seconds if resume else 0.0)
         budget = min(budget, max(0.0, match_seconds(unit, progress) - done_s))
     cfg.max_minutes = (prev_seconds + budget) / 60.0
     at = "its checkpoint" if resume else f"step {rec.get('step', 0)}"
@@ -541,16 +556,14 @@ def _piece(
     if m not in machines:
         machines.append(m)
     threads = torch.get_num_threads()
-    # Training seconds as the run counts them (across exact resumes); a continuation on a new machine
-    # starts its count at 0, so the committed record's seconds are added.
-    seconds = result.seconds + (float(rec.get("seconds", 0.0)) if start_step else 0.0)
+    seconds = result.seconds + base_s  # the run's own count (across exact resumes) + the base above
     rec.update({
         "stage": unit.stage, "head": unit.head, "step": result.step, "steps": unit.steps, "batch_size": schedule.batch_size,
         "images_seen": result.step * schedule.batch_size,
-        "seconds": round(seconds, 1),
+        "seconds": round(seconds, 1), "seconds_base": round(base_s, 1),
         "cpu_hours": round(seconds * threads / 3600.0, 3),
         "file": committed.name, "sha256": sha256_file(committed), "size_bytes": committed.stat().st_size,
-        "machines": machines, "updated": _now(),
+        "machines": machines, "updated": _now(), "revision": unit.revision,
     })
     if upstream_file is not None:
         rec["upstream_sha256"] = sha256_file(upstream_file)
@@ -574,7 +587,8 @@ def evaluate_unit(unit: Unit, file: Path, schedule: Schedule, data_root: Path) -
 
 def describe_progress(schedule: Schedule, progress: dict[str, Any], out_dir: Path | None = None) -> list[str]:
     """One line per unit: steps (or minutes) done / planned, "stale" when it was trained from an older
-    upstream file than the one in ``out_dir`` (it will be trained again), and the latest held-out numbers."""
+    upstream file than the one in ``out_dir`` or is of another revision (it will be trained again), and
+    the latest held-out numbers."""
     lines = []
     for u in schedule.units:
         rec = progress["units"].get(u.name, {})

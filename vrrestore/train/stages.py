@@ -50,6 +50,7 @@ from .losses import (
     Perceptual,
     adaptive_weight,
     codebook_target_loss,
+    fidelity_loss_scales,
     hinge_d_loss,
     hinge_g_loss,
     oracle_weight_loss,
@@ -637,17 +638,19 @@ class FidelityStage(_RestorerStage):
         with self.autocast():
             out = self.net(lq, w)
         img = out["image"].float()
-        l1 = (img - gt).abs().mean()
+        pix, tex = fidelity_loss_scales(w, fo.fidelity_gain)
+        l1_i = (img - gt).abs().mean(dim=(1, 2, 3))
         with self.autocast():
-            perc = self.perceptual(img, gt) if self.perceptual.enabled else img.new_zeros(())
-        rec_loss = fo.l1_weight * l1 + fo.perceptual_weight * perc
+            perc_i = self.perceptual.per_sample(img, gt)
+        rec_loss = (fo.l1_weight * pix * l1_i + fo.perceptual_weight * tex * perc_i).mean()
         code, m = self.code_losses(out, f, idx, q)
         total = rec_loss + fo.code_weight * code
-        m.update(l1=l1.item(), perceptual=perc.item())
+        m.update(l1=l1_i.mean().item(), perceptual=perc_i.mean().item())
         gan = step >= fo.disc_start and fo.gan_weight > 0 and self.last_layer is not None
         if gan:
             with frozen(self.disc), self.autocast():
-                g = hinge_g_loss(self.disc(out["image"] * 2.0 - 1.0).float())
+                logits = self.disc(out["image"] * 2.0 - 1.0).float()
+            g = (tex * -logits.mean(dim=tuple(range(1, logits.ndim)))).mean()  # hinge G loss, weighted per sample
             dw = self.adaptive(step, rec_loss, g, self.last_layer) * fo.gan_weight
             total = total + dw * g
             m.update(g=g.item(), d_weight=dw.item())
