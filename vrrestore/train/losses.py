@@ -19,7 +19,12 @@ def hinge_d_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.
 
 def hinge_g_loss(fake_logits: torch.Tensor) -> torch.Tensor:
     """Generator side of the hinge GAN: -mean(D(fake))."""
-    return -fake_logits.mean()
+    return hinge_g_per_sample(fake_logits).mean()
+
+
+def hinge_g_per_sample(fake_logits: torch.Tensor) -> torch.Tensor:
+    """(B,) generator hinge losses, for losses weighted per sample (the fidelity stage)."""
+    return -fake_logits.flatten(1).mean(dim=1)
 
 
 def fidelity_loss_scales(w: torch.Tensor, gain: float) -> tuple[torch.Tensor, torch.Tensor]:

@@ -65,8 +65,9 @@ class Unit:
     """One trained piece of a schedule: a stage, and for code/fidelity the head it trains.
 
     ``match`` names units whose training seconds, summed, are this unit's budget (the no-prior
-    baseline gets the training wall-seconds of the VR chain, on the same kind of machine); ``steps`` is then only a cap, and the learning rate
-    should be constant (``cosine=False``) since the number of steps is not known in advance.
+    baseline gets the training wall-seconds of the VR chain, on the same kind of machine); ``steps``
+    is then only a cap, and the learning rate should be constant (``cosine=False``) since the number
+    of steps is not known in advance.
     """
 
     stage: Stage
@@ -274,13 +275,22 @@ def unit_current(schedule: Schedule, unit: Unit, progress: dict[str, Any], out_d
     from its own, up to the prior (a longer prior makes every unit below it stale until the runner
     reaches and retrains it)."""
     rec = progress["units"].get(unit.name, {})
-    if int(rec.get("revision", 1)) != unit.revision:
+    if _stale_reason(unit, rec, out_dir, missing_upstream_is_stale=True):
         return False
+    return not unit.upstream or unit_current(schedule, schedule.unit(unit.upstream), progress, out_dir)
+
+
+def _stale_reason(unit: Unit, rec: dict[str, Any], out_dir: Path, missing_upstream_is_stale: bool) -> str:
+    """Why this unit's own record is out of date ("" if it is not): another revision, or an upstream
+    file other than the one it was trained from."""
+    if int(rec.get("revision", 1)) != unit.revision:
+        return f"its training changed (revision {rec.get('revision', 1)} -> {unit.revision})"
     if not unit.upstream:
-        return True
+        return ""
     up = out_dir / f"{unit.upstream}.safetensors"
-    return (up.is_file() and rec.get("upstream_sha256") == sha256_file(up)
-            and unit_current(schedule, schedule.unit(unit.upstream), progress, out_dir))
+    if not up.is_file():
+        return f"{up.name} is missing" if missing_upstream_is_stale else ""
+    return f"{up.name} changed since this unit started" if rec.get("upstream_sha256") != sha256_file(up) else ""
 
 
 # ------------------------------------------------------------------------------------------------
@@ -476,11 +486,8 @@ def _invalidate_if_stale(
     rec = progress["units"].get(unit.name)
     if not rec:
         return
-    if int(rec.get("revision", 1)) != unit.revision:
-        why = f"its training changed (revision {rec.get('revision', 1)} -> {unit.revision})"
-    elif unit.upstream and (up := out_dir / f"{unit.upstream}.safetensors").is_file() and rec.get("upstream_sha256") != sha256_file(up):
-        why = f"{up.name} changed since this unit started"
-    else:
+    why = _stale_reason(unit, rec, out_dir, missing_upstream_is_stale=False)  # a missing upstream is trained first
+    if not why:
         return
     say(f"{unit.name}: {why}; training it again")
     progress["units"].pop(unit.name)

@@ -53,6 +53,7 @@ from .losses import (
     fidelity_loss_scales,
     hinge_d_loss,
     hinge_g_loss,
+    hinge_g_per_sample,
     oracle_weight_loss,
 )
 from .precondition import whiten_heads
@@ -650,7 +651,7 @@ class FidelityStage(_RestorerStage):
         if gan:
             with frozen(self.disc), self.autocast():
                 logits = self.disc(out["image"] * 2.0 - 1.0).float()
-            g = (tex * -logits.mean(dim=tuple(range(1, logits.ndim)))).mean()  # hinge G loss, weighted per sample
+            g = (tex * hinge_g_per_sample(logits)).mean()
             dw = self.adaptive(step, rec_loss, g, self.last_layer) * fo.gan_weight
             total = total + dw * g
             m.update(g=g.item(), d_weight=dw.item())
