@@ -213,6 +213,37 @@ def test_untrained_fusion_is_the_identity_at_every_fidelity_but_learns(name: str
     block = next(iter(model.fuse.values()))
     block = block[-1] if isinstance(block, torch.nn.ModuleList) else block
     assert block.scale[-1].weight.grad.abs().sum() > 0 and block.shift[-1].weight.grad.abs().sum() > 0
+    assert model.out_fuse.body[-1].weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("name", ["face-tiny", "sr-tiny", "face-cpu", "sr-x4-cpu"])  # stem 1 and stem 4
+def test_output_fuse_can_copy_the_input_and_w_blends_it_in(name: str) -> None:
+    """Gate a = 1, b = 0: w = 1 gives the input itself (an SR input bicubic-upsampled), w = 0 the
+    prior's output, w = 0.5 the mean of the two; the path a plain net's global residual takes. With a
+    pixel-unshuffle stem this also checks that the input's layout is the decoder output's."""
+    face = name.startswith("face")
+    model = build_model("FaceRestorer" if face else "SRRestorer", preset(name)).eval()
+    x = torch.rand(2, 3, 64, 64) if face else torch.rand(2, 3, 16, 16)
+    target = x if face else F.interpolate(x, scale_factor=4, mode="bicubic", align_corners=False)
+    with torch.no_grad():
+        prior_out = model.restore(x, 0.0).image
+        last = model.out_fuse.body[-1]
+        half = last.bias.numel() // 2
+        last.bias[:half] = 1.0  # a
+        assert torch.equal(model.restore(x, 0.0).image, prior_out)
+        assert torch.allclose(model.restore(x, 1.0).image, target, atol=1e-5)
+        assert torch.allclose(model.restore(x, 0.5).image, (prior_out + target) / 2, atol=1e-5)
+        assert (prior_out - target).abs().mean() > 0.05  # the two ends really differ
+
+
+def test_configs_written_before_output_fuse_build_the_model_they_were_trained_as() -> None:
+    for cls, name in ((FaceConfig, "face-cpu"), (SRConfig, "sr-x4-cpu")):
+        data = config_to_dict(preset(name))
+        assert data.pop("out_fuse") is True
+        old = config_from_dict(cls, data)
+        model = build_model("FaceRestorer" if cls is FaceConfig else "SRRestorer", old)
+        assert old.out_fuse is False and model.out_fuse is None
+        assert not any(k.startswith("out_fuse.") for k in model.state_dict())
 
 
 def test_every_preset_builds_and_runs_at_a_tiny_size() -> None:

@@ -131,6 +131,48 @@ def test_cli_release_status_and_unknown_schedule(
     assert lines[-1].split()[:2] == ["plain", "0/0"]  # the baseline's goal is minutes, not steps
     code, _, err = run_main(monkeypatch, capsys, "train", "release", "face", "--out", str(world["out"].parent))
     assert code == 2 and "--minutes" in err and len(err.strip().splitlines()) == 1
+    code, _, err = run_main(monkeypatch, capsys, "train", "release", "face", "face", "--minutes", "5")
+    assert code == 2 and "name each schedule once" in err
+    code, out, _ = run_main(monkeypatch, capsys, "train", "release", "face", "sr", "--status", "--out", str(world["out"].parent))
+    lines = out.splitlines()
+    assert code == 0 and lines[0] == "[face]" and "[sr]" in lines and lines[lines.index("[sr]") + 1].startswith("prior")
+
+
+def test_cli_release_runs_schedules_in_order_within_one_budget(
+    world: dict[str, Path], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`release face sr --minutes 60`: face gets the budget, sr what face left of it."""
+    import time
+
+    calls: list[tuple[str, float, str]] = []
+    clock = [1000.0]
+    monkeypatch.setattr(time, "monotonic", lambda: clock[0])
+
+    def fake_run(sch: rel.Schedule, minutes: float, out_dir: Path, *_a: object, **_k: object) -> list[rel.PieceResult]:
+        calls.append((sch.name, round(minutes, 3), out_dir.name))
+        clock[0] += 25 * 60.0  # this schedule's pieces took 25 minutes
+        return []
+
+    checked: list[str] = []
+    monkeypatch.setattr(rel, "run", fake_run)
+    monkeypatch.setattr(rel, "check_data", lambda sch, _root: checked.append(sch.name))
+    code, _, err = run_main(monkeypatch, capsys, "train", "release", "face", "sr", "--minutes", "60", "--out", str(world["out"].parent))
+    assert code == 0, err
+    assert checked == ["face", "sr"] and calls == [("face", 60.0, "face"), ("sr", 35.0, "sr")]
+
+
+def test_missing_data_is_found_before_any_training(
+    world: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setitem(rel.SCHEDULES, "tiny", tiny_schedule())
+    monkeypatch.setitem(rel.SCHEDULES, "tiny2", dataclasses.replace(tiny_schedule(), name="tiny2", eval_data="gone"))
+    rel.check_data(rel.SCHEDULES["tiny"], world["data"])  # all there: no error
+    trained: list[str] = []
+    monkeypatch.setattr(rel, "run", lambda sch, *_a, **_k: trained.append(sch.name) or [])
+    code, _, err = run_main(monkeypatch, capsys, "train", "release", "tiny", "tiny2", "--minutes", "60",
+                            "--out", str(tmp_path / "rel"), "--data-root", str(world["data"]))
+    assert code == 2 and trained == [] and len(err.strip().splitlines()) == 1
+    assert f"{world['data'] / 'gone'}: not found (data entry 'gone' of the tiny2 schedule)" in err
 
 
 def test_plain_baseline_trains_for_the_time_the_vr_chain_took(world: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
@@ -209,7 +251,7 @@ def test_sr_schedule_is_the_face_chain_on_sr_data(tmp_path: Path, monkeypatch: p
     assert preset(sr.preset).scale == 4
     assert isinstance(RECIPES[sr.eval_recipe], SRRecipe) and RECIPES[sr.eval_recipe].final_resize == "random"  # blind
     assert [u.name for u in sr.units] == [u.name for u in face.units if u.name != "plain"]  # the baseline is face-only
-    assert {u.name: u.steps for u in sr.units} == {"prior": 4000, "code-vr": 1200, "fidelity-vr": 600, "code-vq": 1200, "fidelity-vq": 600}
+    assert {u.name: u.steps for u in sr.units} == {"prior": 4000, "code-vr": 1200, "fidelity-vr": 1500, "code-vq": 1200, "fidelity-vq": 1500}
     assert face.units[-1] == rel.PLAIN_UNIT and rel.PLAIN_UNIT.match == ("prior", "code-vr", "fidelity-vr")
     for a, b in zip(sr.units, face.units, strict=False):
         assert (a.lr, a.warmup_steps, a.cosine, a.options) == (b.lr, b.warmup_steps, b.cosine, b.options)
@@ -264,7 +306,7 @@ def test_evaluate_restorer_pads_for_a_token_merging_sr_model(tmp_path: Path) -> 
     assert ev["images"] == 3 and 0.0 < ev["w0"]["psnr"] < 60.0 and 0.0 < ev["w1"]["psnr"] < 60.0
 
 
-def test_publish_bundles_current_chains_only(world: dict[str, Path], tmp_path: Path) -> None:
+def test_publish_bundles_current_chains_only(world: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     sch = tiny_schedule()
     _run(world, sch)
     pkg = tmp_path / "pkg"
@@ -280,6 +322,16 @@ def test_publish_bundles_current_chains_only(world: dict[str, Path], tmp_path: P
     assert vr["metrics"]["images_seen"] == sum(progress["units"][n]["images_seen"] for n in ("prior", "code-vr", "fidelity-vr"))
     assert vr["metrics"]["psnr_w0"] == progress["units"]["fidelity-vr"]["eval"]["w0"]["psnr"]
     assert vr["metrics"]["prior_psnr_continuous"] == progress["units"]["prior"]["eval"]["psnr_continuous"]
+    assert "overrides" not in vr  # trained on today's preset
+    # a preset that has moved on since the chain trained (here: lost OutputFuse): the entry pins the file
+    from vrrestore import weights as W
+    from vrrestore.models import preset
+
+    with monkeypatch.context() as m:
+        m.setattr(W, "_preset", lambda name: dataclasses.replace(preset(name), out_fuse=False))
+        assert rel.publish(sch, world["out"], pkg, say=said.append) == ["vr-tiny", "vq-tiny"]
+        pinned = {e["name"]: e for e in json.loads((pkg / "weights.json").read_text())["models"]}
+        assert pinned["vr-tiny"]["overrides"] == pinned["vq-tiny"]["overrides"] == {"out_fuse": True}
     # a longer prior: until the runner retrains the units below it, neither chain may be published
     longer = dataclasses.replace(sch, units=tuple(dataclasses.replace(u, steps=6) if u.name == "prior" else u for u in sch.units))
     rel.run(longer, 30.0, world["out"], world["state"], world["data"], say=lambda _s: None, only=("prior",))
@@ -314,19 +366,24 @@ def test_a_new_unit_revision_retrains_that_unit_only(world: dict[str, Path], tmp
     assert rel.publish(new, world["out"], pkg, say=lambda _s: None) == ["vr-tiny", "vq-tiny"]
 
 
-def test_the_face_schedule_retrains_fidelity_trained_before_the_fidelity_weighted_loss(tmp_path: Path) -> None:
-    """Records without a revision (all before it existed) are revision 1: the face schedule's fidelity
-    units count as stale, the others (same files, same shas) as current."""
+def test_the_face_schedule_retrains_code_and_fidelity_written_before_output_fuse(tmp_path: Path) -> None:
+    """Records without a revision (all before it existed) are revision 1. The committed face chain has
+    code at 1 and fidelity at 2: both count as stale now that the presets have OutputFuse (code 2,
+    fidelity 3); the prior (same file, same sha) stays current, as does a record at today's revision."""
     face = rel.SCHEDULES["face"]
+    revision = {u.name: u.revision for u in face.units}
+    assert (revision["code-vr"], revision["fidelity-vr"]) == (2, 3)
     for name in ("prior", "code-vr", "code-vq"):
         (tmp_path / f"{name}.safetensors").write_bytes(name.encode())
     sha = {n: rel.sha256_file(tmp_path / f"{n}.safetensors") for n in ("prior", "code-vr", "code-vq")}
     progress = {"units": {
-        "prior": {"step": 1}, "code-vr": {"upstream_sha256": sha["prior"]}, "code-vq": {"upstream_sha256": sha["prior"]},
-        "fidelity-vr": {"upstream_sha256": sha["code-vr"]}, "fidelity-vq": {"upstream_sha256": sha["code-vq"]},
+        "prior": {"step": 1}, "code-vr": {"upstream_sha256": sha["prior"]},
+        "code-vq": {"upstream_sha256": sha["prior"], "revision": 2},
+        "fidelity-vr": {"upstream_sha256": sha["code-vr"], "revision": 2},
+        "fidelity-vq": {"upstream_sha256": sha["code-vq"], "revision": 3},
     }}
     current = {u.name: rel.unit_current(face, u, progress, tmp_path) for u in face.units if u.name in progress["units"]}
-    assert current == {"prior": True, "code-vr": True, "code-vq": True, "fidelity-vr": False, "fidelity-vq": False}
+    assert current == {"prior": True, "code-vr": False, "code-vq": True, "fidelity-vr": False, "fidelity-vq": True}
 
 
 def test_seconds_add_up_across_a_new_machine_and_an_exact_resume_there(world: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import get_args
 
 import cv2
 import numpy as np
@@ -156,8 +157,12 @@ def test_fidelity_stage_lowers_loss(data: Path, code_run: Path, tmp_path: Path) 
     assert torch.equal(w, stage.fidelity_weights(64, step=5)) and 0 <= w.min() and w.max() <= 1 and w.std() > 0.2
     batch = fixed_batch(data, "face")
     before = stage.restorer.decoder.conv_out.weight.clone()
+    out_fuse = stage.restorer.out_fuse.body[-1].weight
+    assert stage.last_layer is out_fuse  # the adaptive GAN weight compares gradients at the output
+    assert out_fuse.abs().max() == 0  # untrained: the identity
     ms = [stage.train_step(batch, i) for i in range(8)]
     assert ms[-1]["l1"] < 0.9 * ms[0]["l1"]  # the fusion starts as the identity, so it gains slowly
+    assert out_fuse.abs().max() > 0  # the image-level path trains in this stage
     assert "g" in ms[0] and 0 <= ms[0]["d_weight"] <= 0.1 + 1e-9  # adaptive weight clamped to <= 1, x 0.1
     assert torch.equal(before, stage.restorer.decoder.conv_out.weight)  # decoder frozen
     assert isinstance(stage.restorer.predictor.head, WhitenedVR)  # the code stage's head carries over
@@ -508,10 +513,13 @@ def test_cli_plain_trains_exports_and_loads_as_a_face_model(data: Path, tmp_path
 def test_cli_choices_follow_the_tables_they_name() -> None:
     from vrrestore.checkpoint import _DTYPES
     from vrrestore.cli._options import DtypeChoice, HeadChoice
+    from vrrestore.cli.train import PerceptualNet
+    from vrrestore.metrics.lpips import Net
     from vrrestore.models.heads import HEAD_KINDS
 
     assert {c.value for c in HeadChoice} == set(HEAD_KINDS)
     assert {c.value for c in DtypeChoice} == set(_DTYPES)
+    assert {c.value for c in PerceptualNet} == set(get_args(Net))
 
 
 def test_train_cli_defaults_and_help_follow_the_config() -> None:
@@ -553,3 +561,29 @@ def test_fidelity_stage_weights_each_sample_by_its_fidelity(data: Path, code_run
     (loss0, l1_i), (loss2, _) = losses[0.0], losses[2.0]
     assert loss0 == pytest.approx(l1_i.mean().item(), rel=1e-3)
     assert loss2 == pytest.approx(((1 + 2.0 * torch.tensor([1.0] + [0.0] * (len(l1_i) - 1))) * l1_i).mean().item(), rel=1e-3)
+
+
+def test_init_weights_from_before_output_fuse_start_the_new_model_as_the_old(tmp_path: Path) -> None:
+    """`--init OLD.safetensors` into a preset that has since gained OutputFuse: every tensor but the
+    prior's is copied, OutputFuse stays the identity, so the new model restores exactly as the old one."""
+    import dataclasses
+
+    from vrrestore.checkpoint import save_checkpoint
+    from vrrestore.errors import UsageError
+    from vrrestore.models import build_model, preset
+    from vrrestore.train.files import load_restorer_weights
+
+    torch.manual_seed(0)
+    old = build_model("FaceRestorer", dataclasses.replace(preset("face-tiny"), out_fuse=False)).eval()
+    path = save_checkpoint(old, tmp_path / "old.safetensors", dtype="fp32")
+    new = build_model("FaceRestorer", preset("face-tiny")).eval()
+    new.decoder.load_state_dict(old.decoder.state_dict())  # the prior's parts come from the current prior
+    new.quantizer.load_state_dict(old.quantizer.state_dict())
+    load_restorer_weights(new, path)
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(new.out_fuse.body[-1].weight, torch.zeros_like(new.out_fuse.body[-1].weight))
+        assert torch.allclose(new(x, 0.7), old(x, 0.7), atol=1e-6)
+    vq = build_model("FaceRestorer", dataclasses.replace(preset("face-tiny"), head="vq"))
+    with pytest.raises(UsageError, match="differs in head"):
+        load_restorer_weights(vq, path)

@@ -171,3 +171,64 @@ def test_max_pixels_flag_skips_big_training_images(tmp_path: Path, monkeypatch: 
     texts = [e.get("text", "") for e in events(run) if e["event"] == "message"]
     assert any("big.png" in t and "skipping" in t for t in texts)
     assert not any("im0" in t for t in texts)
+
+
+def _bf16_quality():  # noqa: ANN202 - the bench script, imported as a module
+    import importlib
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    try:
+        return importlib.import_module("bf16_quality")
+    finally:
+        sys.path.pop(0)
+
+
+def test_bf16_quality_refuses_where_auto_would_not_pick_bf16(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from vrrestore import precision
+
+    monkeypatch.setattr(precision, "decide", lambda *_a, **_k: precision.Verdict("fp32", "no AMX or AVX512-BF16 on this CPU"))
+    assert _bf16_quality().main(["--steps", "3"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "picks fp32 here (no AMX or AVX512-BF16 on this CPU)" in err
+
+
+def test_bf16_quality_trains_the_release_prior_recipe_in_both_precisions(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Same recipe (release prior options, seed, batch) and steps for both; the report says the gap and speed."""
+    import importlib
+
+    from vrrestore import precision
+    from vrrestore.train import ckpt, release
+
+    export = importlib.import_module("vrrestore.train.export")  # the package re-exports a function of that name
+    monkeypatch.setattr(precision, "decide", lambda *_a, **_k: precision.Verdict("bf16", "probe"))
+    seen: list[TrainConfig] = []
+
+    def fake_train(cfg: TrainConfig, **_k: object) -> loop.TrainResult:
+        seen.append(cfg)
+        secs = 10.0 if cfg.precision == "bf16" else 25.0
+        return loop.TrainResult(Path(cfg.out) / "prior.pt", cfg.steps, secs, "done", {}, cfg.steps * cfg.batch_size / secs)
+
+    monkeypatch.setattr(loop, "train", fake_train)
+    monkeypatch.setattr(ckpt, "load", lambda path, _stage: {"path": str(path)})
+    monkeypatch.setattr(export, "export_prior", lambda _state, out, _dtype: Path(out))
+    psnr = {"bf16.safetensors": 27.05, "fp32.safetensors": 27.15}
+    monkeypatch.setattr(release, "evaluate_prior", lambda file, _s, _r: {
+        "psnr_continuous": psnr[file.name], "ssim_continuous": 0.8, "psnr_quantized": 25.0, "ssim_quantized": 0.7,
+        "images": 2, "codes_used": 9, "codebook_size": 1024})
+    (tmp_path / "packs").mkdir()
+    (tmp_path / "packs" / "faces_train_256.tar").write_bytes(b"")
+    (tmp_path / "faces_hq" / "train").mkdir(parents=True)
+    out = tmp_path / "q.json"
+    assert _bf16_quality().main(["--steps", "7", "--data-root", str(tmp_path)]) == 2 and not seen  # no held-out faces yet
+    (tmp_path / "faces_hq" / "test" / "london_canada_256").mkdir(parents=True)
+    assert _bf16_quality().main(["--steps", "7", "--data-root", str(tmp_path), "--json", str(out), "--markdown", str(tmp_path / "q.md")]) == 0
+    face = release.SCHEDULES["face"]
+    prior = face.unit("prior")
+    assert [c.precision for c in seen] == ["bf16", "fp32"]
+    for c in seen:
+        assert (c.steps, c.seed, c.batch_size, c.lr, c.cosine) == (7, face.seed, face.batch_size, prior.lr, prior.cosine)
+        assert c.prior.disc_start == prior.options["disc_start"] and c.prior.continuous_prob == prior.options["continuous_prob"]
+    rep = json.loads(out.read_text())
+    assert rep["delta_db"] == pytest.approx(-0.1) and rep["speedup"] == pytest.approx(2.5)
+    assert "-0.10 dB (within 0.2 dB)" in (tmp_path / "q.md").read_text()

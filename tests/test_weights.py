@@ -96,7 +96,7 @@ def test_shipped_registry_holds_the_release_models() -> None:
         sch = SCHEDULES[e.task]
         assert sch.release[e.head] == name and e.default == (e.head == "vr")
         assert e.architecture == {"face": "FaceRestorer", "sr": "SRRestorer"}[e.task]
-        assert e.config().head == e.head and e.config() == dataclasses.replace(preset(e.preset), head=e.head)
+        assert e.config().head == e.head and e.config() == dataclasses.replace(preset(e.preset), head=e.head, **e.overrides)
         if e.task == "face" or e.published:  # trained here and bundled: offline by default
             assert e.published and e.bundled == f"bundled/{name}.safetensors" and e.repo_id is None
             assert e.preset == sch.preset and e.license == sch.licence and e.data == sch.data_note
@@ -183,6 +183,10 @@ def _good(tmp_path: Path) -> dict[str, object]:
         ({"extra": 1}, "unknown fields extra"),
         ({"filename": "m.pth"}, "filename must be a relative path ending in .safetensors"),
         ({"bundled": "bundled/m.safetensors", "size_bytes": (16 << 20) + 1}, "a bundled file may be at most 16 MiB"),
+        ({"overrides": {"head": "vq"}}, "overrides must be an object of top-level config fields other than head and prior"),
+        ({"overrides": {"wings": 2}}, "overrides: unknown FaceConfig fields: wings"),
+        ({"overrides": {"out_fuse": "false"}}, "overrides: out_fuse must be true or false, like the preset's True"),
+        ({"overrides": {"n_layers": True}}, "overrides: n_layers must be an integer, like the preset's 2"),
     ],
 )
 def test_registry_validation(tmp_path, change, message) -> None:
@@ -307,6 +311,37 @@ def test_mislabelled_registry_file_is_refused(monkeypatch, tmp_path, ckpts) -> N
     registry(monkeypatch, tmp_path, [entry_dict("face-t", data, repo_id="o/r", revision="c" * 40, head="vq")])
     with pytest.raises(WeightsError, match=r"the checkpoint is not face-t \(FaceRestorer face-tiny, head vq\) but FaceRestorer head vr"):
         W.load_model("face-t", "face")
+
+
+def test_overrides_pin_a_file_trained_before_its_preset_grew_a_block(monkeypatch, tmp_path) -> None:
+    """face-tiny has OutputFuse now; a file written before it (no out_fuse in its config) loads through
+    an entry with overrides {"out_fuse": false}, and is refused by one without them."""
+    from safetensors.torch import load_file, save_file
+
+    old_cfg = dataclasses.replace(preset("face-tiny"), out_fuse=False)
+    torch.manual_seed(0)
+    path = save_checkpoint(build_model("FaceRestorer", old_cfg), tmp_path / "w" / "old.safetensors")
+    meta = read_metadata(path)
+    cfg = json.loads(meta["config"])
+    del cfg["out_fuse"]  # as written before the field existed
+    save_file(load_file(str(path)), str(path), metadata={**meta, "config": json.dumps(cfg)})
+    assert W.config_overrides("face-tiny", cfg) == {"out_fuse": False}
+    assert W.config_overrides("face-tiny", json.loads(read_metadata(save_checkpoint(
+        build_model("FaceRestorer", preset("face-tiny")), tmp_path / "new.safetensors"))["config"])) == {}
+    with pytest.raises(ValueError, match="its prior geometry is not preset face-cpu's"):
+        W.config_overrides("face-cpu", cfg)
+    data = path.read_bytes()
+    monkeypatch.setenv("VRRESTORE_WEIGHTS_DIR", str(path.parent))
+    for name, overrides, ok in (("pinned", {"out_fuse": False}, True), ("unpinned", {}, False)):
+        shutil.copy(path, path.parent / f"{name}.safetensors")
+        entry = {**entry_dict(name, data, repo_id="o/r", revision="d" * 40), "overrides": overrides}
+        registry(monkeypatch, tmp_path, [entry])
+        if ok:
+            desc = W.load_model(name, "face")
+            assert desc.model.out_fuse is None
+        else:
+            with pytest.raises(WeightsError, match="the checkpoint is not unpinned"):
+                W.load_model(name, "face")
 
 
 def test_list_never_says_cached_for_a_file_that_loading_refuses(monkeypatch, tmp_path, ckpts, capsys) -> None:

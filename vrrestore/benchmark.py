@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import cv2
 import numpy as np
@@ -40,7 +40,7 @@ from . import __version__
 from .errors import InputError, UsageError
 from .io import SUPPORTED_EXTS, read_image
 from .metrics.fidelity import psnr, ssim
-from .metrics.lpips import LPIPSUnavailable, load_lpips
+from .metrics.lpips import LPIPSUnavailable, Net, load_lpips
 from .metrics.lpips import available as lpips_available
 from .models.descriptor import ModelDescriptor, describe
 from .peers import PEERS, find_files, import_ncnn, is_peer, load_peer
@@ -570,7 +570,7 @@ def parse_lpips(spec: str, task: Task) -> list[str]:
     if spec == "auto":
         return ["vgg"] if task == "face" else ["alex"]
     nets = [s.strip() for s in spec.split(",") if s.strip()]
-    bad = [n for n in nets if n not in ("alex", "vgg")]
+    bad = [n for n in nets if n not in get_args(Net)]
     if bad or not nets:
         raise UsageError(f"--lpips {spec}: expected auto, none, alex, vgg or alex,vgg")
     return list(dict.fromkeys(nets))

@@ -29,7 +29,7 @@ from .cache import cache_dir
 from .checkpoint import load_checkpoint, read_metadata, save_checkpoint
 from .errors import UsageError, WeightsError
 from .models import preset as _preset
-from .models.config import config_to_dict
+from .models.config import config_from_dict, config_to_dict
 from .models.descriptor import ModelDescriptor, build_model
 from .models.face import FaceConfig
 from .models.heads import HEAD_KINDS
@@ -48,7 +48,7 @@ _NAME = re.compile(r"[a-z0-9][a-z0-9._-]*")
 _REPO = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*")
 _REQUIRED = ("name", "status", "task", "architecture", "preset", "head", "repo_id", "revision", "filename",
              "sha256", "size_bytes", "license", "data", "metrics", "bundled")
-_OPTIONAL = {"default": False, "description": "", "dtype": "fp16"}
+_OPTIONAL: dict[str, Any] = {"default": False, "description": "", "dtype": "fp16", "overrides": {}}
 
 
 @dataclass(frozen=True)
@@ -73,19 +73,35 @@ class WeightEntry:
     default: bool = False
     description: str = ""
     dtype: str = "fp16"
+    # top-level config fields where the file differs from today's preset (a preset that grew a block
+    # after the file was trained: face-cpu's out_fuse); `train publish` writes them from the file
+    overrides: Mapping[str, Any] = field(default_factory=dict, hash=False)
 
     @property
     def published(self) -> bool:
         return self.status == "published"
 
     def config(self) -> FaceConfig | SRConfig:
-        """The architecture config: the named preset with this entry's head."""
-        return dataclasses.replace(_preset(self.preset), head=self.head)  # type: ignore[arg-type]
+        """The architecture config: the named preset with this entry's head and overrides."""
+        base = _preset(self.preset)
+        return config_from_dict(type(base), {**config_to_dict(base), **self.overrides, "head": self.head})
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["metrics"] = dict(self.metrics)
         return d
+
+
+def config_overrides(preset_name: str, file_config: Mapping[str, Any]) -> dict[str, Any]:
+    """The registry ``overrides`` of a checkpoint's config against a preset: its top-level fields that
+    differ (fields it lacks take their defaults, as loading it does). The head is an entry field, not an
+    override; a different prior is not an override but another preset (ValueError)."""
+    base = _preset(preset_name)
+    have = config_to_dict(config_from_dict(type(base), dict(file_config)))
+    want = config_to_dict(base)
+    if have["prior"] != want["prior"]:
+        raise ValueError(f"its prior geometry is not preset {preset_name}'s")
+    return {k: v for k, v in have.items() if k not in ("prior", "head") and v != want[k]}
 
 
 # --------------------------------------------------------------------------------------------- registry
@@ -146,7 +162,7 @@ def _parse_entry(raw: Any, source: str) -> WeightEntry:
         raise bad(f"missing fields {', '.join(missing)} (write null for unknown values)")
     if unknown:
         raise bad(f"unknown fields {', '.join(unknown)}")
-    e = WeightEntry(**{**_OPTIONAL, **raw})
+    e = WeightEntry(**{**_OPTIONAL, "overrides": {}, **raw})  # a fresh {} per entry, never a shared default
     if not isinstance(e.name, str) or not _NAME.fullmatch(e.name):
         raise bad("name must be lower-case letters, digits, '.', '_' or '-'")
     if e.task not in ARCHITECTURE_OF_TASK:
@@ -177,6 +193,18 @@ def _parse_entry(raw: Any, source: str) -> WeightEntry:
         raise bad(f"a bundled file may be at most {MAX_BUNDLED_BYTES >> 20} MiB ({e.size_bytes} bytes given); publish it on the Hub instead")
     if not isinstance(e.metrics, dict) or not isinstance(e.data, str) or not isinstance(e.default, bool):
         raise bad("metrics must be an object, data a string and default true/false")
+    if not isinstance(e.overrides, dict) or {"head", "prior"} & set(e.overrides):
+        raise bad("overrides must be an object of top-level config fields other than head and prior")
+    try:
+        e.config()
+    except (ValueError, TypeError) as err:
+        raise bad(f"overrides: {err}") from None
+    for key, value in e.overrides.items():  # "false" (a string) would build the block it means to leave out
+        want = type(getattr(cfg, key))
+        fits = isinstance(value, want) or (want is tuple and isinstance(value, list)) or (want is float and isinstance(value, int))
+        if not fits or (want is not bool and isinstance(value, bool)):
+            kind = {bool: "true or false", int: "an integer", float: "a number", str: "a string", tuple: "a list"}.get(want, want.__name__)
+            raise bad(f"overrides: {key} must be {kind}, like the preset's {getattr(cfg, key)!r}")
     if e.status == "unpublished":
         set_fields = [k for k in ("repo_id", "revision", "sha256", "size_bytes", "bundled") if getattr(e, k) is not None]
         if set_fields:
@@ -288,9 +316,14 @@ def check_local(entry: WeightEntry, path: Path, where: str = "") -> dict[str, st
 
 
 def check_metadata(entry: WeightEntry, path: Path, meta: Mapping[str, str], option: str = "--model") -> None:
-    """Refuse a checkpoint whose metadata is not ``entry`` (another preset, head or task)."""
-    expected = json.loads(json.dumps(config_to_dict(entry.config())))
-    if meta.get("architecture") != entry.architecture or json.loads(meta.get("config", "null")) != expected:
+    """Refuse a checkpoint whose metadata is not ``entry`` (another preset, head or task). Configs are
+    compared as loading builds them: a field the file lacks takes its default."""
+    expected = entry.config()
+    try:
+        cfg = config_from_dict(type(expected), json.loads(meta.get("config", "null")))
+    except (ValueError, TypeError, AttributeError):
+        cfg = None
+    if meta.get("architecture") != entry.architecture or cfg != expected:
         raise WeightsError(
             f"{path}: the checkpoint is not {entry.name} ({entry.architecture} {entry.preset}, head {entry.head}) "
             f"but {meta.get('architecture')} head {meta.get('head')}; remove the mislabelled file or pass it with {option} PATH"

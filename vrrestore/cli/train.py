@@ -83,7 +83,11 @@ InitWeights = Annotated[Optional[Path], typer.Option("--init", help=(
     "An exported restorer .safetensors to start from (all but the prior's codebook and decoder), e.g."
     " the previous short GPU window's model."
 ))]
+
+
 class PerceptualNet(str, Enum):
+    """The LPIPS backbones of metrics.lpips.Net (a test keeps the two equal)."""
+
     alex = "alex"
     vgg = "vgg"
 
@@ -352,10 +356,12 @@ def plain(
 
 @app.command("release")
 def release(
-    schedule: Annotated[str, typer.Argument(help="The release schedule to advance: face or sr.")],
+    schedules: Annotated[list[str], typer.Argument(help=(
+        "The release schedules to advance, in order: face, sr, or both (`face sr`: sr gets what face leaves of the budget)."
+    ))],
     minutes: Annotated[Optional[float], typer.Option("--minutes", min=1.0, help=(
-        "Wall-clock budget of this command; it stops, exports and evaluates before the budget ends."
-        " Required unless --status."
+        "Wall-clock budget of this command, for all schedules together; it stops, exports and evaluates"
+        " before the budget ends. Required unless --status."
     ))] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help=(
         "Committed release folder: <unit>.safetensors (fp16) and progress.json per schedule."
@@ -366,27 +372,43 @@ def release(
     data_root: Annotated[Optional[Path], typer.Option("--data-root", help=(
         "Folder the schedule's data paths are relative to (default $VRRESTORE_DATA or ../shared/data)."
     ))] = None,
-    status: Annotated[bool, typer.Option("--status", help="Print the schedule's progress and exit.")] = False,
+    status: Annotated[bool, typer.Option("--status", help="Print each schedule's progress and exit.")] = False,
 ) -> None:
-    """Do the next piece of a release schedule (prior -> code-vr -> fidelity-vr -> code-vq -> fidelity-vq, then the
-    face schedule's plain baseline) within a wall-clock budget."""
+    """Do the next pieces of release schedules (prior -> code-vr -> fidelity-vr -> code-vq -> fidelity-vq, then the
+    face schedule's plain baseline) within one wall-clock budget."""
+    import time
+
     from ..train import release as rel
 
-    if schedule not in rel.SCHEDULES:
-        raise UsageError(f"release {schedule}: unknown schedule; choose from {', '.join(rel.SCHEDULES)}")
-    sch = rel.SCHEDULES[schedule]
-    out_dir = out / sch.name
+    unknown = [s for s in schedules if s not in rel.SCHEDULES]
+    if unknown:
+        raise UsageError(f"release {' '.join(schedules)}: unknown schedule {unknown[0]!r}; choose from {', '.join(rel.SCHEDULES)}")
+    if len(set(schedules)) != len(schedules):
+        raise UsageError(f"release {' '.join(schedules)}: name each schedule once")
     if status:
-        for line in rel.describe_progress(sch, rel.load_progress(out_dir, sch), out_dir):
-            typer.echo(line)
+        for name in schedules:
+            sch = rel.SCHEDULES[name]
+            if len(schedules) > 1:
+                typer.echo(f"[{name}]")
+            for line in rel.describe_progress(sch, rel.load_progress(out / sch.name, sch), out / sch.name):
+                typer.echo(line)
         return
     if minutes is None:
-        raise UsageError(f"release {schedule}: pass --minutes (the wall-clock budget), or --status to see the progress")
-    results = rel.run(sch, minutes, out_dir, state, data_root,
-                      say=lambda s: err_console.print(s, highlight=False))
-    progress = rel.load_progress(out_dir, sch)
-    if not results and all(rel.unit_done(u, progress) for u in sch.units):
-        err_console.print(f"release {schedule}: nothing left to train in {out_dir}", highlight=False)
+        raise UsageError(f"release {' '.join(schedules)}: pass --minutes (the wall-clock budget), or --status to see the progress")
+    for name in schedules:  # every schedule's data first: a later one's gap would show only hours later
+        sch = rel.SCHEDULES[name]
+        if not all(rel.unit_done(u, rel.load_progress(out / sch.name, sch)) for u in sch.units):
+            rel.check_data(sch, data_root or rel.default_data_root())
+    deadline = time.monotonic() + minutes * 60.0
+    for name in schedules:
+        sch = rel.SCHEDULES[name]
+        out_dir = out / sch.name
+        left = max(0.0, deadline - time.monotonic()) / 60.0
+        tag = f"[{name}] " if len(schedules) > 1 else ""
+        results = rel.run(sch, left, out_dir, state, data_root, say=lambda s, tag=tag: err_console.print(tag + s, highlight=False))
+        progress = rel.load_progress(out_dir, sch)
+        if not results and all(rel.unit_done(u, progress) for u in sch.units):
+            err_console.print(f"release {name}: nothing left to train in {out_dir}", highlight=False)
 
 
 @app.command("publish")

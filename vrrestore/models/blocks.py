@@ -116,3 +116,28 @@ class FuseBlock(nn.Module):
     def forward(self, enc: torch.Tensor, dec: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         h = self.encode(torch.cat([enc, dec], dim=1))
         return dec + w.view(-1, 1, 1, 1).to(dec.dtype) * (dec * self.scale(h) + self.shift(h))
+
+
+class OutputFuse(nn.Module):
+    """Image-level fidelity path after the frozen decoder: out + w * (a * (lq - out) + b).
+
+    ``out`` is the decoder's output before its pixel shuffle and ``lq`` the input image (an SR input
+    upsampled to the output size) unshuffled the same way; a and b (per pixel and channel) come from
+    [decoder feature, out, lq] through two convs whose last one starts at zero. FuseBlock acts before
+    the frozen decoder, so it cannot undo what the decoder gets wrong (colours, fine identity detail);
+    the gate a can copy the input there, as the global residual of a plain restoration net does. An
+    untrained block and w = 0 both give exactly the prior's output.
+    """
+
+    def __init__(self, feat_ch: int, out_ch: int, hidden: int = 32) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(feat_ch + 2 * out_ch, hidden, 3, padding=1), nn.SiLU(), nn.Conv2d(hidden, 2 * out_ch, 3, padding=1)
+        )
+        nn.init.zeros_(self.body[-1].weight)
+        nn.init.zeros_(self.body[-1].bias)
+
+    def forward(self, feat: torch.Tensor, out: torch.Tensor, lq: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        lq = lq.to(out.dtype)
+        a, b = self.body(torch.cat([feat.to(out.dtype), out, lq], dim=1)).chunk(2, dim=1)
+        return out + w.view(-1, 1, 1, 1).to(out.dtype) * (a * (lq - out) + b)

@@ -2,7 +2,8 @@
 
 LQ face -> LQ encoder -> transformer over latent tokens -> head (vq | soft | vr | direct) -> frozen
 prior decoder, with controllable fusion of LQ encoder features into the decoder weighted by the
-fidelity ``w`` (0 = prior only; larger = closer to the input). Images are (B, 3, S, S) in [0, 1].
+fidelity ``w`` (0 = prior only; larger = closer to the input) and, with ``out_fuse``, an image-level
+path after the decoder (OutputFuse) that can copy the input. Images are (B, 3, S, S) in [0, 1].
 """
 
 from __future__ import annotations
@@ -10,9 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from .blocks import FuseBlock
+from .blocks import FuseBlock, OutputFuse
 from .heads import HeadKind, HeadOutput, VectorQuantizer
 from .predictor import CodePredictor
 from .vqgan import Decoder, Encoder, VQAutoEncoder, VQConfig, from_tokens
@@ -30,6 +32,19 @@ class FaceConfig:
     vr_affine: bool = True  # VR weights shifted to sum to one (see VectorRegression)
     token_merge: int = 1  # transformer on merge x merge token groups (see CodePredictor)
     fuse_resolutions: tuple[int, ...] = (32, 64, 128, 256)
+    # OutputFuse: an image-level fidelity path after the decoder. False in checkpoints written before it
+    # existed (a missing config field defaults), so they build the model they were trained as.
+    out_fuse: bool = False
+
+
+def output_fuse(prior: VQConfig, enabled: bool) -> OutputFuse | None:
+    """The restorer's OutputFuse for this prior's decoder (final feature width, 3 x stem^2 outputs)."""
+    return OutputFuse(prior.level_channels()[0], 3 * prior.stem**2) if enabled else None
+
+
+def unshuffled(image: torch.Tensor, stem: int) -> torch.Tensor:
+    """An image in the decoder's pre-shuffle layout (what OutputFuse compares the output with)."""
+    return F.pixel_unshuffle(image, stem) if stem > 1 else image
 
 
 @dataclass
@@ -61,6 +76,7 @@ class FaceRestorer(nn.Module):
         self.decoder = Decoder(p)
         ch_at = dict(zip(p.level_resolutions(), p.level_channels(), strict=True))
         self.fuse = nn.ModuleDict({str(r): FuseBlock(ch_at[r]) for r in cfg.fuse_resolutions})
+        self.out_fuse = output_fuse(p, cfg.out_fuse)
 
     @property
     def codebook(self) -> torch.Tensor:
@@ -73,7 +89,8 @@ class FaceRestorer(nn.Module):
         self.lq_encoder.load_state_dict(prior.encoder.state_dict())
 
     def restore(self, x: torch.Tensor, fidelity: float | torch.Tensor = 0.5) -> RestoreOutput:
-        lq_feat, skips = self.lq_encoder(x * 2.0 - 1.0)
+        lq = x * 2.0 - 1.0
+        lq_feat, skips = self.lq_encoder(lq)
         head = self.predictor(lq_feat, self.codebook)
         w = fidelity_tensor(fidelity, x.shape[0], x.device)
 
@@ -81,8 +98,12 @@ class FaceRestorer(nn.Module):
             key = str(res)
             return self.fuse[key](skips[res], h, w) if key in self.fuse else h
 
+        out_fuse, refine = self.out_fuse, None
+        if out_fuse is not None:
+            lq_out = unshuffled(lq, self.cfg.prior.stem)
+            refine = lambda h, o: out_fuse(h, o, lq_out, w)  # noqa: E731
         feat = from_tokens(head.feat, lq_feat.shape[-2:])
-        out = self.decoder(feat, fuse)
+        out = self.decoder(feat, fuse, refine)
         return RestoreOutput(image=(out + 1.0) * 0.5, head=head, lq_feat=lq_feat)
 
     def forward(self, x: torch.Tensor, fidelity: float | torch.Tensor = 0.5) -> torch.Tensor:
@@ -109,9 +130,10 @@ def face_presets() -> dict[str, FaceConfig]:
     )
     return {
         "face-cpu": FaceConfig(
-            prior=cpu_prior, d_model=256, n_layers=4, n_heads=8, token_merge=2, fuse_resolutions=(64,),
+            prior=cpu_prior, d_model=256, n_layers=4, n_heads=8, token_merge=2, fuse_resolutions=(64,), out_fuse=True,
         ),
-        "face-tiny": FaceConfig(prior=tiny_prior, d_model=64, n_layers=2, n_heads=4, fuse_resolutions=(32, 64)),
+        "face-tiny": FaceConfig(prior=tiny_prior, d_model=64, n_layers=2, n_heads=4, fuse_resolutions=(32, 64),
+                                out_fuse=True),
         "face-s": FaceConfig(prior=small_prior, d_model=256, n_layers=4, n_heads=8, fuse_resolutions=(64, 128, 256)),
         "face-base": FaceConfig(prior=VQConfig(), d_model=512, n_layers=9, n_heads=8, fuse_resolutions=(32, 64, 128, 256)),
     }

@@ -1,7 +1,8 @@
 """SRRestorer: FeMaSR-style blind super-resolution (x2, x4) on a VQGAN prior of HR patches.
 
 LR image -> conv encoder down to the prior's latent grid -> transformer -> head -> frozen prior
-decoder, with LR-encoder features fused into the decoder (fidelity ``w``). The prior downsamples by
+decoder, with LR-encoder features fused into the decoder (fidelity ``w``) and, with ``out_fuse``,
+an image-level path against the bicubic-upsampled input after it (OutputFuse). The prior downsamples by
 8, so an LR side must be a multiple of 8 / scale. Images are (B, 3, H, W) in [0, 1].
 """
 
@@ -15,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .blocks import Downsample, FuseBlock, ResBlock, group_norm
-from .face import RestoreOutput, fidelity_tensor
+from .face import RestoreOutput, fidelity_tensor, output_fuse, unshuffled
 from .heads import HeadKind, VectorQuantizer
 from .predictor import CodePredictor
 from .vqgan import Decoder, VQAutoEncoder, VQConfig, from_tokens
@@ -40,6 +41,8 @@ class SRConfig:
     soft_tau: float = 1.0
     vr_affine: bool = True  # VR weights shifted to sum to one (see VectorRegression)
     token_merge: int = 1  # transformer on merge x merge token groups (see CodePredictor)
+    # OutputFuse against the bicubic-upsampled input; False in checkpoints written before it existed
+    out_fuse: bool = False
 
     @property
     def size_multiple(self) -> int:
@@ -91,6 +94,7 @@ class SRRestorer(nn.Module):
             {str(r): nn.ModuleList([nn.Conv2d(cfg.lq_channels, ch_at[r], 1), FuseBlock(ch_at[r])])
              for r in self.lq_encoder.labels if r in ch_at and r != p.latent_size}
         )
+        self.out_fuse = output_fuse(p, cfg.out_fuse)
 
     @property
     def codebook(self) -> torch.Tensor:
@@ -113,7 +117,12 @@ class SRRestorer(nn.Module):
             proj, block = self.fuse[key]
             return block(proj(skips[res]), h, w)
 
-        out = self.decoder(from_tokens(head.feat, lq_feat.shape[-2:]), fuse)
+        out_fuse, refine = self.out_fuse, None
+        if out_fuse is not None:
+            up = F.interpolate(x * 2.0 - 1.0, scale_factor=self.cfg.scale, mode="bicubic", align_corners=False)
+            lq = unshuffled(up, self.cfg.prior.stem)
+            refine = lambda h, o: out_fuse(h, o, lq, w)  # noqa: E731
+        out = self.decoder(from_tokens(head.feat, lq_feat.shape[-2:]), fuse, refine)
         return RestoreOutput(image=(out + 1.0) * 0.5, head=head, lq_feat=lq_feat)
 
     def forward(self, x: torch.Tensor, fidelity: float | torch.Tensor = 0.5) -> torch.Tensor:
@@ -140,8 +149,10 @@ def sr_presets() -> dict[str, SRConfig]:
     return {
         "sr-x4-cpu": SRConfig(
             prior=cpu_prior, scale=4, lq_channels=64, lq_blocks=1, d_model=192, n_layers=3, n_heads=6, token_merge=2,
+            out_fuse=True,
         ),
-        "sr-tiny": SRConfig(prior=tiny_prior, scale=4, lq_channels=16, lq_blocks=1, d_model=64, n_layers=2, n_heads=4),
+        "sr-tiny": SRConfig(prior=tiny_prior, scale=4, lq_channels=16, lq_blocks=1, d_model=64, n_layers=2, n_heads=4,
+                            out_fuse=True),
         "sr-x4-s": SRConfig(prior=small_prior, scale=4, **small),
         "sr-x2-s": SRConfig(prior=small_prior, scale=2, **small),
         "sr-x4-base": SRConfig(),

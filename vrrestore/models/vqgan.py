@@ -16,6 +16,8 @@ from .blocks import AttnBlock, Downsample, ResBlock, Upsample, group_norm
 from .heads import HeadOutput, VectorQuantizer
 
 FuseFn = Callable[[int, torch.Tensor], torch.Tensor]
+# (last decoder feature, output before the pixel shuffle) -> refined output (restorer OutputFuse)
+RefineFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -92,7 +94,8 @@ class Encoder(nn.Module):
 
 
 class Decoder(nn.Module):
-    """Mirror of the encoder. ``fuse(res, h)`` is called after each level's blocks (restorer fusion)."""
+    """Mirror of the encoder. ``fuse(res, h)`` is called after each level's blocks and ``refine`` on the
+    output before its pixel shuffle (restorer fusion)."""
 
     def __init__(self, cfg: VQConfig, out_channels: int = 3) -> None:
         super().__init__()
@@ -116,14 +119,17 @@ class Decoder(nn.Module):
         self.norm_out = group_norm(prev)
         self.conv_out = nn.Conv2d(prev, out_channels * cfg.stem**2, 3, padding=1)
 
-    def forward(self, z: torch.Tensor, fuse: FuseFn | None = None) -> torch.Tensor:
+    def forward(self, z: torch.Tensor, fuse: FuseFn | None = None, refine: RefineFn | None = None) -> torch.Tensor:
         h = self.mid(self.conv_in(z))
         for res, level, up in zip(self.cfg.level_resolutions()[::-1], self.levels, self.ups, strict=True):
             h = level(h)
             if fuse is not None:
                 h = fuse(res, h)
             h = up(h)
-        out = self.conv_out(F.silu(self.norm_out(h)))
+        h = F.silu(self.norm_out(h))
+        out = self.conv_out(h)
+        if refine is not None:
+            out = refine(h, out)
         return F.pixel_shuffle(out, self.cfg.stem) if self.cfg.stem > 1 else out
 
 

@@ -48,14 +48,23 @@ def check_prior_fits(vq: VQAutoEncoder, cfg: VQConfig, path: str | os.PathLike[s
 
 def load_restorer_weights(model: nn.Module, path: str | os.PathLike[str]) -> None:
     """Copy an exported restorer's weights into ``model``, except the prior's codebook and decoder
-    (those come from the current prior, which may have moved on since the file was written)."""
+    (those come from the current prior, which may have moved on since the file was written).
+    A file from before its preset gained OutputFuse fits too: that block keeps its zero init (the
+    identity), so the model starts exactly as the file's."""
     src = load_checkpoint(path).model
-    if architecture_of(src) != architecture_of(model):
-        raise UsageError(f"{path}: --init has another architecture, preset or head than this stage's model")
+    (src_arch, src_cfg), (arch, cfg) = architecture_of(src), architecture_of(model)
+    grown = not src_cfg.get("out_fuse") and cfg.get("out_fuse")  # the only block a file may lack
+    if grown:
+        src_cfg = {**src_cfg, "out_fuse": True}
+    if src_arch != arch or src_cfg != cfg:
+        fields = sorted(k for k in {*src_cfg, *cfg} if src_cfg.get(k) != cfg.get(k))
+        raise UsageError(f"{path}: --init is not this stage's model ({src_arch} vs {arch}"
+                         f"{'; differs in ' + ', '.join(fields) if fields else ''})")
     state = {k: v for k, v in src.state_dict().items() if not k.startswith(PRIOR_PARTS)}
     with torch.no_grad():
         result = model.load_state_dict(state, strict=False)
-    if result.unexpected_keys or any(not k.startswith(PRIOR_PARTS) for k in result.missing_keys):
+    allowed = (*PRIOR_PARTS, "out_fuse.") if grown else PRIOR_PARTS
+    if result.unexpected_keys or any(not k.startswith(allowed) for k in result.missing_keys):
         raise UsageError(f"{path}: --init tensors do not match this stage's model")
 
 

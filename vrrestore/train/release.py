@@ -37,10 +37,12 @@ import numpy as np
 import torch
 
 from ..cache import cache_dir
+from ..checkpoint import read_metadata
 from ..errors import UsageError
 from ..models.config import config_to_dict
 from ..models.descriptor import architecture_of
 from ..precision import cpu_bf16_flags, cpu_model
+from ..weights import config_overrides
 from . import ckpt
 from .config import (
     CodeOptions,
@@ -132,7 +134,9 @@ def release_units(prior: int, code: int, fidelity: int, disc_start: int) -> tupl
     budget of the VR-vs-VQ comparison is built in here, not repeated per schedule)."""
     heads = [(stage, steps, head) for head in ("vr", "vq") for stage, steps in (("code", code), ("fidelity", fidelity))]
     rates = {"code": (5e-4, 100, {}), "fidelity": (1e-4, 50, _FID_OPTS)}
-    revision = {"code": 1, "fidelity": 2}  # fidelity 2: losses follow the fidelity weight (fidelity_gain)
+    # fidelity 2: losses follow the fidelity weight (fidelity_gain); code 2 / fidelity 3: the CPU presets
+    # gained OutputFuse (the code stage writes the restorer's geometry, so both train again)
+    revision = {"code": 2, "fidelity": 3}
     return (
         Unit("prior", prior, lr=2e-4, warmup_steps=100, options=dict(_PRIOR_OPTS, disc_start=disc_start)),
         *(Unit(stage, steps, head, lr=rates[stage][0], warmup_steps=rates[stage][1], options=dict(rates[stage][2]),  # type: ignore[arg-type]
@@ -169,7 +173,7 @@ SCHEDULES: dict[str, Schedule] = {
         # degrades Set14 HR with the same recipe at seed 0 (no separate x4 eval recipe exists)
         eval_data="sr_hq/Set14/HR", eval_recipe="sr-x4",
         batch_size=8, seed=0,
-        units=release_units(prior=4000, code=1200, fidelity=600, disc_start=2500),
+        units=release_units(prior=4000, code=1200, fidelity=1500, disc_start=2500),
         release={"vr": "vr-sr-x4-s", "vq": "vq-sr-x4-s"},
         licence="other",
         data_note=(
@@ -208,6 +212,16 @@ def data_path(entry: str, data_root: Path, check: bool = False) -> Path:
         return path
     p = Path(entry)
     return p if p.is_absolute() else data_root / p
+
+
+def check_data(schedule: Schedule, data_root: Path) -> None:
+    """A one-line UsageError for the first training or held-out data entry that is missing, before
+    any training starts (`release face sr` would otherwise find sr's data missing after face's hours)."""
+    for entry in (*schedule.data, schedule.eval_data):
+        path = data_path(entry, data_root, check=True)
+        if not path.exists():
+            raise UsageError(f"{path}: not found (data entry {entry!r} of the {schedule.name} schedule); "
+                             "pass --data-root or set $VRRESTORE_DATA to the folder that holds it")
 
 
 def sha256_file(path: Path) -> str:
@@ -620,7 +634,7 @@ def publish(schedule: Schedule, out_dir: Path, package_dir: Path, say: Callable[
     progress = load_progress(out_dir, schedule)
     registry_file = package_dir / "weights.json"
     registry = json.loads(registry_file.read_text())
-    done: list[str] = []
+    ready: list[tuple[str, str, Path, dict[str, Any]]] = []
     for head, name in schedule.release.items():
         chain = schedule.chain(head)
         if not all(unit_done(u, progress) for u in chain):
@@ -632,14 +646,24 @@ def publish(schedule: Schedule, out_dir: Path, package_dir: Path, say: Callable[
                 f"{out_dir}; `vrrestore train release {schedule.name}` trains them again")
             continue
         src = out_dir / f"fidelity-{head}.safetensors"
+        try:  # the registry pins the file's exact geometry, also where today's preset has moved on
+            overrides = config_overrides(schedule.preset, json.loads(read_metadata(src).get("config", "null")))
+        except (ValueError, TypeError) as err:
+            raise UsageError(f"{src}: not publishable as preset {schedule.preset} ({err})") from None
+        if not any(e["name"] == name for e in registry["models"]):
+            raise UsageError(f"{registry_file}: no entry named {name}; add it first")
+        ready.append((head, name, src, overrides))
+    done: list[str] = []
+    for head, name, src, overrides in ready:  # every check passed before the first file is replaced
         dst = package_dir / "bundled" / f"{name}.safetensors"
         tmp = dst.with_name(f".{dst.name}.tmp")
         shutil.copyfile(src, tmp)
         os.replace(tmp, dst)
-        recs = {u.name: progress["units"][u.name] for u in chain}
-        entry = next((e for e in registry["models"] if e["name"] == name), None)
-        if entry is None:
-            raise UsageError(f"{registry_file}: no entry named {name}; add it first")
+        recs = {u.name: progress["units"][u.name] for u in schedule.chain(head)}
+        entry = next(e for e in registry["models"] if e["name"] == name)
+        entry.pop("overrides", None)
+        if overrides:
+            entry["overrides"] = overrides
         entry.update({
             "status": "published", "preset": schedule.preset, "head": head, "repo_id": None, "revision": None,
             "filename": dst.name, "sha256": sha256_file(dst), "size_bytes": dst.stat().st_size, "dtype": "fp16",

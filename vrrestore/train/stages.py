@@ -618,6 +618,9 @@ class FidelityStage(_RestorerStage):
         self.adaptive.value = state.get("adaptive")
 
     def _last_fuse_weight(self) -> nn.Parameter | None:
+        """The trained layer nearest the output, where the adaptive GAN weight compares gradients."""
+        if self.restorer.out_fuse is not None:
+            return self.restorer.out_fuse.body[-1].weight
         fuse = self.restorer.fuse
         if not len(fuse):
             return None
