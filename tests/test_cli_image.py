@@ -327,7 +327,8 @@ def test_json_on_every_exit_path_is_one_document(model: Path, tmp_path: Path, mo
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_ctrl_c_and_sigterm_exit_130_and_the_rerun_resumes(model: Path, tmp_path: Path, sig: int) -> None:
-    for k in range(8):
+    n = 20  # enough that a busy machine still signals the run mid-way (8 once finished before the signal)
+    for k in range(n):
         img(tmp_path / "in" / f"{k:02d}.png", 48, 48)
     args = ("image", "--model", str(model), "--tile", "16", "--tile-overlap", "8", "in", "-o", "out")
     proc = subprocess.Popen([sys.executable, "-m", "vrrestore", *args], cwd=tmp_path, env=ENV, text=True,
@@ -339,13 +340,13 @@ def test_ctrl_c_and_sigterm_exit_130_and_the_rerun_resumes(model: Path, tmp_path
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     done = sorted(p.name for p in (tmp_path / "out").iterdir())
-    assert 1 <= len(done) < 8 and all(not n.startswith(".") for n in done)  # no temp or partial files
+    assert 1 <= len(done) < n and all(not f.startswith(".") for f in done)  # no temp or partial files
     for name in done:
         assert read_image(tmp_path / "out" / name).size == (192, 192)
     p = cli(*args, "--json", cwd=tmp_path)
     assert p.returncode == 0, p.stderr
     summary = json.loads(p.stdout)["summary"]
-    assert summary["skipped"] == len(done) and summary["ok"] == 8 - len(done)
+    assert summary["skipped"] == len(done) and summary["ok"] == n - len(done)
 
 
 # -------------------------------------------------------------------------------------------- doctor
