@@ -11,13 +11,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .blocks import FuseBlock, OutputFuse
 from .heads import HeadKind, HeadOutput, VectorQuantizer
 from .predictor import CodePredictor
-from .vqgan import Decoder, Encoder, VQAutoEncoder, VQConfig, from_tokens
+from .vqgan import Decoder, Encoder, VQAutoEncoder, VQConfig, from_tokens, unshuffled
 
 
 @dataclass(frozen=True)
@@ -40,11 +39,6 @@ class FaceConfig:
 def output_fuse(prior: VQConfig, enabled: bool) -> OutputFuse | None:
     """The restorer's OutputFuse for this prior's decoder (final feature width, 3 x stem^2 outputs)."""
     return OutputFuse(prior.level_channels()[0], 3 * prior.stem**2) if enabled else None
-
-
-def unshuffled(image: torch.Tensor, stem: int) -> torch.Tensor:
-    """An image in the decoder's pre-shuffle layout (what OutputFuse compares the output with)."""
-    return F.pixel_unshuffle(image, stem) if stem > 1 else image
 
 
 @dataclass

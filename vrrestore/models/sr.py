@@ -16,10 +16,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from .blocks import Downsample, FuseBlock, ResBlock, group_norm
-from .face import RestoreOutput, fidelity_tensor, output_fuse, unshuffled
+from .face import RestoreOutput, fidelity_tensor, output_fuse
 from .heads import HeadKind, VectorQuantizer
 from .predictor import CodePredictor
-from .vqgan import Decoder, VQAutoEncoder, VQConfig, from_tokens
+from .vqgan import Decoder, VQAutoEncoder, VQConfig, from_tokens, unshuffled
 
 
 @dataclass(frozen=True)

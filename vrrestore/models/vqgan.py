@@ -20,6 +20,12 @@ FuseFn = Callable[[int, torch.Tensor], torch.Tensor]
 RefineFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
+def unshuffled(image: torch.Tensor, stem: int) -> torch.Tensor:
+    """An image in the stem's layout: what the encoder's first conv reads and the decoder's last conv
+    writes before its pixel shuffle (so OutputFuse can compare the two)."""
+    return F.pixel_unshuffle(image, stem) if stem > 1 else image
+
+
 @dataclass(frozen=True)
 class VQConfig:
     """Geometry of the prior. ``img_size`` is the training size; the nets are fully convolutional
@@ -83,7 +89,7 @@ class Encoder(nn.Module):
         self.conv_out = nn.Conv2d(prev, cfg.emb_dim, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
-        h = self.conv_in(F.pixel_unshuffle(x, self.cfg.stem) if self.cfg.stem > 1 else x)
+        h = self.conv_in(unshuffled(x, self.cfg.stem))
         feats: dict[int, torch.Tensor] = {}
         for res, level, down in zip(self.cfg.level_resolutions(), self.levels, self.downs, strict=True):
             h = level(h)
