@@ -84,6 +84,25 @@ def test_recipe_table_and_scales() -> None:
         get_recipe("nope")
 
 
+def test_sr_mix_is_the_blind_chain_or_clean_bicubic() -> None:
+    """sr-x4-mix: a quarter clean (the antialiased bicubic LR, half of it JPEG-compressed), the rest
+    the blind chain; a clean_prob of 0 draws nothing extra, so sr-x4 keeps its bytes."""
+    hq = textured(64, 64)
+    bic = degrade(hq, "bicubic-x4", seed=0)
+    blind = get_recipe("sr-x4")
+    assert blind.clean_prob == 0.0 and get_recipe("sr-x4-mix").clean_prob == 0.25
+    assert np.array_equal(degrade(hq, SRRecipe(scale=4, passes=blind.passes), seed=3), degrade(hq, "sr-x4", seed=3))
+    assert np.array_equal(degrade(hq, SRRecipe(scale=4, passes=blind.passes, clean_prob=1.0, clean_jpeg_prob=0.0), seed=3), bic)
+    jpegged = degrade(hq, SRRecipe(scale=4, passes=blind.passes, clean_prob=1.0, clean_jpeg_prob=1.0), seed=3)
+    assert 0 < np.abs(jpegged - bic).mean() < 0.05  # quality 75-95: close to the clean LR, not equal
+    kinds = {"bicubic": 0, "jpeg": 0, "blind": 0}
+    for seed in range(400):
+        out = degrade(hq, "sr-x4-mix", seed=seed)
+        d = np.abs(out - bic).mean()
+        kinds["bicubic" if d == 0 else "jpeg" if d < 0.05 else "blind"] += 1
+    assert 70 <= kinds["bicubic"] + kinds["jpeg"] <= 130 and 25 <= kinds["bicubic"] <= 75, kinds
+
+
 def test_custom_recipe_dataclass_is_accepted() -> None:
     r = FaceRecipe(blur_sigma=(2.0, 2.0), downscale=(2.0, 2.0), noise=(0.0, 0.0), jpeg=(95, 95))
     out = degrade(textured(), r, seed=0)

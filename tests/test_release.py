@@ -8,6 +8,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from cli_main import run_main
@@ -187,7 +188,7 @@ def test_plain_baseline_trains_for_the_time_the_vr_chain_took(world: dict[str, P
     rec, units = progress["units"]["plain"], progress["units"]
     target = sum(units[n]["seconds"] for n in plain.match)
     assert target - 0.5 <= rec["seconds"] <= target + 5.0 and 0 < rec["step"] < plain.steps
-    assert set(rec["eval"]) == {"images", "recipe", "w0"} and rec["eval"]["w0"]["psnr"] > 5.0
+    assert set(rec["eval"]) == {"images", "recipe", "w0", "input"} and rec["eval"]["w0"]["psnr"] > 5.0
     assert load_checkpoint(world["out"] / "plain.safetensors").head == "plain"
     assert rel.unit_done(plain, progress) and _run(world, sch) == []
     # a longer VR chain (say a longer prior) leaves the baseline behind: it is owed the difference
@@ -258,13 +259,35 @@ def test_sr_schedule_is_the_face_chain_on_sr_data(tmp_path: Path, monkeypatch: p
     assert sr.release == {"vr": "vr-sr-x4-s", "vq": "vq-sr-x4-s"}
     registry = json.loads((Path(rel.__file__).parents[1] / "weights.json").read_text())
     assert set(sr.release.values()) <= {m["name"] for m in registry["models"]}
-    # training degrades with the SR default recipe (sr-x4, blind): no unit pins another one
+    # the code and fidelity stages degrade with the schedule's recipe (blind chain + clean quarter);
+    # the prior sees HQ only; face keeps the task default
+    assert sr.recipe == "sr-x4-mix" and RECIPES[sr.recipe].clean_prob == 0.25 and face.recipe == ""
     monkeypatch.setenv("VRRESTORE_CACHE", str(tmp_path / "cache"))
     (tmp_path / "cache" / "data" / "wallpapers").mkdir(parents=True)
     for name in ("code-vr", "fidelity-vq"):
         cfg = rel.unit_config(sr, sr.unit(name), tmp_path / "run", tmp_path / "root")
-        assert getattr(cfg, cfg.stage).recipe == ""
+        assert getattr(cfg, cfg.stage).recipe == "sr-x4-mix"
         assert cfg.data == (str(tmp_path / "root/packs/sr_train_480.tar"), str(tmp_path / "cache/data/wallpapers"))
+    assert not hasattr(rel.unit_config(sr, sr.unit("prior"), tmp_path / "run", tmp_path / "root").prior, "recipe")
+    (tmp_path / "root/faces_hq/train").mkdir(parents=True)
+    (tmp_path / "root/packs").mkdir()
+    (tmp_path / "root/packs/faces_train_256.tar").touch()
+    face_cfg = rel.unit_config(face, face.unit("code-vr"), tmp_path / "run", tmp_path / "root")
+    assert face_cfg.code.recipe == ""
+
+
+def test_a_record_of_another_recipe_is_stale(tmp_path: Path) -> None:
+    """Changing a schedule's training recipe retrains its code/fidelity units, not the prior; records
+    written before recipes were recorded count as the task default."""
+    sr, face = rel.SCHEDULES["sr"], rel.SCHEDULES["face"]
+    code = face.unit("code-vr")
+    rec = {"revision": code.revision}
+    assert rel._stale_reason(face, code, rec, tmp_path, missing_upstream_is_stale=False) == ""
+    why = rel._stale_reason(sr, sr.unit("code-vr"), rec, tmp_path, missing_upstream_is_stale=False)
+    assert why == "its degradation recipe changed (default -> sr-x4-mix)"
+    assert rel._stale_reason(sr, sr.unit("code-vr"), dict(rec, recipe="sr-x4-mix"), tmp_path, False) == ""
+    prior = sr.unit("prior")
+    assert rel._stale_reason(sr, prior, {"revision": prior.revision}, tmp_path, False) == ""
 
 
 def test_tiny_sr_schedule_trains_and_evaluates_on_odd_sized_images(world: dict[str, Path], tmp_path: Path) -> None:
@@ -302,8 +325,16 @@ def test_evaluate_restorer_pads_for_a_token_merging_sr_model(tmp_path: Path) -> 
     file = save_checkpoint(build_model("SRRestorer", cfg), tmp_path / "merge2.safetensors")
     assert cfg.size_multiple == 4 and preset("sr-tiny").size_multiple == 2 and preset("sr-x4-cpu").size_multiple == 4
     _sr_test_images(tmp_path / "sr_test")  # LR 17x23, 19x15, 17x22
-    ev = rel.evaluate_restorer(file, tiny_sr_schedule(), tmp_path, (0.0, 1.0))
+    sch = tiny_sr_schedule()
+    ev = rel.evaluate_restorer(file, sch, tmp_path, (0.0, 1.0))
     assert ev["images"] == 3 and 0.0 < ev["w0"]["psnr"] < 60.0 and 0.0 < ev["w1"]["psnr"] < 60.0
+    # the record carries the bicubic upscale of the same LR inputs, scored the same way (Y, crop 4)
+    from vrrestore.benchmark import baseline_output, synthetic_dataset
+    from vrrestore.metrics.fidelity import psnr
+
+    ds = synthetic_dataset(tmp_path / sch.eval_data, sch.eval_recipe, seed=0, limit=sch.eval_images, task="sr")
+    want = np.mean([psnr(baseline_output("bicubic", s.lq, s.gt.shape[:2]), s.gt, 4, True) for s in ds.samples])
+    assert set(ev) == {"images", "recipe", "w0", "w1", "bicubic"} and ev["bicubic"]["psnr"] == round(float(want), 3)
 
 
 def test_publish_bundles_current_chains_only(world: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -367,12 +398,14 @@ def test_a_new_unit_revision_retrains_that_unit_only(world: dict[str, Path], tmp
 
 
 def test_the_face_schedule_retrains_code_and_fidelity_written_before_output_fuse(tmp_path: Path) -> None:
-    """Records without a revision (all before it existed) are revision 1. The committed face chain has
-    code at 1 and fidelity at 2: both count as stale now that the presets have OutputFuse (code 2,
-    fidelity 3); the prior (same file, same sha) stays current, as does a record at today's revision."""
+    """Records without a revision (all before it existed) are revision 1. Code records of revision 1
+    and fidelity records before 4 count as stale (OutputFuse made code 2 and fidelity 3; the fusion
+    learning rate made fidelity 4); the prior (same file, same sha) stays current, as does a record at
+    today's revision."""
     face = rel.SCHEDULES["face"]
     revision = {u.name: u.revision for u in face.units}
-    assert (revision["code-vr"], revision["fidelity-vr"]) == (2, 3)
+    assert (revision["code-vr"], revision["fidelity-vr"], revision["fidelity-vq"]) == (2, 4, 4)
+    assert all(face.unit(n).options["fusion_lr"] == 5e-4 == 5 * face.unit(n).lr for n in ("fidelity-vr", "fidelity-vq"))
     for name in ("prior", "code-vr", "code-vq"):
         (tmp_path / f"{name}.safetensors").write_bytes(name.encode())
     sha = {n: rel.sha256_file(tmp_path / f"{n}.safetensors") for n in ("prior", "code-vr", "code-vq")}
@@ -380,7 +413,7 @@ def test_the_face_schedule_retrains_code_and_fidelity_written_before_output_fuse
         "prior": {"step": 1}, "code-vr": {"upstream_sha256": sha["prior"]},
         "code-vq": {"upstream_sha256": sha["prior"], "revision": 2},
         "fidelity-vr": {"upstream_sha256": sha["code-vr"], "revision": 2},
-        "fidelity-vq": {"upstream_sha256": sha["code-vq"], "revision": 3},
+        "fidelity-vq": {"upstream_sha256": sha["code-vq"], "revision": 4},
     }}
     current = {u.name: rel.unit_current(face, u, progress, tmp_path) for u in face.units if u.name in progress["units"]}
     assert current == {"prior": True, "code-vr": False, "code-vq": True, "fidelity-vr": False, "fidelity-vq": True}

@@ -512,11 +512,13 @@ def test_cli_plain_trains_exports_and_loads_as_a_face_model(data: Path, tmp_path
 
 def test_cli_choices_follow_the_tables_they_name() -> None:
     from vrrestore.checkpoint import _DTYPES
-    from vrrestore.cli._options import DtypeChoice, HeadChoice
+    from vrrestore.cli._options import RECIPE_NAMES, DtypeChoice, HeadChoice
     from vrrestore.cli.train import PerceptualNet
+    from vrrestore.data.degradations import RECIPES
     from vrrestore.metrics.lpips import Net
     from vrrestore.models.heads import HEAD_KINDS
 
+    assert RECIPE_NAMES == tuple(RECIPES)
     assert {c.value for c in HeadChoice} == set(HEAD_KINDS)
     assert {c.value for c in DtypeChoice} == set(_DTYPES)
     assert {c.value for c in PerceptualNet} == set(get_args(Net))
@@ -561,6 +563,33 @@ def test_fidelity_stage_weights_each_sample_by_its_fidelity(data: Path, code_run
     (loss0, l1_i), (loss2, _) = losses[0.0], losses[2.0]
     assert loss0 == pytest.approx(l1_i.mean().item(), rel=1e-3)
     assert loss2 == pytest.approx(((1 + 2.0 * torch.tensor([1.0] + [0.0] * (len(l1_i) - 1))) * l1_i).mean().item(), rel=1e-3)
+
+
+def test_fusion_lr_trains_the_new_blocks_faster(data: Path, code_run: Path, tmp_path: Path) -> None:
+    """--fusion-lr: the fusion blocks and OutputFuse get their own rate (scheduled like the rest);
+    the fine-tuned encoder/transformer keep --lr; unset or equal, one group as before."""
+    def stage_with(fusion_lr: float) -> FidelityStage:
+        torch.manual_seed(0)
+        cfg = cfg_for("fidelity", data, tmp_path / f"f{fusion_lr}", lr=1e-4, fidelity=FidelityOptions(
+            init=str(code_run), perceptual_weight=0, gan_weight=0, fusion_lr=fusion_lr))
+        return FidelityStage(cfg, CPU)
+
+    plain_stage, fast = stage_with(0.0), stage_with(1e-3)
+    assert len(plain_stage.optims["g"].param_groups) == 1 and len(stage_with(1e-4).optims["g"].param_groups) == 1
+    rest, fusion = fast.optims["g"].param_groups
+    r = fast.restorer
+    want = {id(p) for m in (r.fuse, r.out_fuse) for p in m.parameters()}
+    assert {id(p) for p in fusion["params"]} == want and want.isdisjoint(id(p) for p in rest["params"])
+    assert fusion["initial_lr"] == 1e-3 and rest["initial_lr"] == 1e-4
+    assert sum(p.numel() for g in (rest, fusion) for p in g["params"]) == sum(
+        p.numel() for p in plain_stage.optims["g"].param_groups[0]["params"])
+    batch = fixed_batch(data, "face")
+    moved = {}
+    for name, st in (("plain", plain_stage), ("fast", fast)):
+        before = st.restorer.out_fuse.body[-1].weight.detach().clone()
+        st.train_step(batch, 0)
+        moved[name] = (st.restorer.out_fuse.body[-1].weight.detach() - before).abs().max().item()
+    assert moved["fast"] > 5 * moved["plain"] > 0  # Adam's first step moves each weight by about the rate
 
 
 def test_init_weights_from_before_output_fuse_start_the_new_model_as_the_old(tmp_path: Path) -> None:

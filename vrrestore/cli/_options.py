@@ -22,6 +22,11 @@ class PrecisionChoice(str, Enum):
     bf16 = "bf16"
 
 
+# The names of data.degradations.RECIPES, for help texts (that module pulls in OpenCV; a test keeps
+# the two equal).
+RECIPE_NAMES = ("face", "face-eval", "face-large", "sr-x4", "sr-x4-mix", "sr-x2", "bicubic-x4", "bicubic-x2")
+
+
 class HeadChoice(str, Enum):
     """The codebook heads of models.heads.HEAD_KINDS (a test keeps the two equal)."""
 

@@ -16,7 +16,7 @@ import typer
 
 from ..errors import InputError, UsageError
 from ._console import err_console
-from ._options import DtypeChoice, HeadChoice, MaxPixels, PrecisionChoice
+from ._options import RECIPE_NAMES, DtypeChoice, HeadChoice, MaxPixels, PrecisionChoice
 
 app = typer.Typer(
     help="Train models: `prior` (VQGAN on HQ images), `code` (LQ encoder + transformer + head), "
@@ -111,8 +111,7 @@ PerceptualOpt = Annotated[PerceptualNet, typer.Option("--perceptual", help=(
     "LPIPS backbone of the perceptual loss: alex (~1.7 GFLOP per 256 px pair) or vgg (~50)."
 ))]
 Recipe = Annotated[Optional[str], typer.Option("--recipe", help=(
-    "Degradation recipe for the LQ inputs (face, face-eval, face-large, sr-x4, sr-x2, "
-    "bicubic-x4, bicubic-x2); default face / sr-x<scale>."
+    f"Degradation recipe for the LQ inputs ({', '.join(RECIPE_NAMES)}); default face / sr-x<scale>."
 ))]
 
 
@@ -298,6 +297,10 @@ def fidelity(
         "How the loss follows the fidelity weight w: L1 x (1 + gain*w), perceptual and GAN / (1 + gain*w); "
         "0 = the same loss at every w (the knob then learns nothing)."
     ))] = 3.0,  # FidelityOptions.fidelity_gain (a test keeps the two equal)
+    fusion_lr: Annotated[float, typer.Option("--fusion-lr", min=0.0, help=(
+        "Learning rate of the fusion blocks and OutputFuse, which start as the identity and are new in "
+        "this stage; 0 = --lr, the rate at which the encoder and transformer are fine-tuned."
+    ))] = 0.0,
     max_pixels: MaxPixels = None,
 ) -> None:
     """Stage 3: train the fusion blocks (and fine-tune encoder/transformer) with image losses at a
@@ -313,6 +316,7 @@ def fidelity(
     cfg.fidelity.recipe = recipe or ""
     cfg.fidelity.disc_start = disc_start
     cfg.fidelity.fidelity_gain = fidelity_gain
+    cfg.fidelity.fusion_lr = fusion_lr
     cfg.fidelity.init_weights = _existing(init)
     _run(cfg, resume)
 
@@ -488,7 +492,7 @@ def degrade(
         "Output folder: receives lq/ and gt/ with one PNG per input."
     ))],
     recipe: Annotated[str, typer.Option("--recipe", help=(
-        "face, face-eval, face-large, sr-x4, sr-x2, bicubic-x4 or bicubic-x2."
+        f"{', '.join(RECIPE_NAMES[:-1])} or {RECIPE_NAMES[-1]}."
     ))] = "face-eval",
     seed: Annotated[int, typer.Option("--seed", help=(
         "Base seed; each image's seed also depends on its relative path, so order does not matter."

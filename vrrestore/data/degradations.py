@@ -6,7 +6,8 @@ Two families, both written from the published descriptions (no upstream code):
   downscale by a random factor, Gaussian noise, JPEG, rescale back to the face size; optional colour
   jitter and grayscale. The LQ has the HQ's size.
 * SR: a second-order chain (Real-ESRGAN / BSRGAN style): [blur, random resize, noise, JPEG] twice,
-  then a resize to HR / scale. ``bicubic-x*`` is the plain antialiased bicubic downscale.
+  then a resize to HR / scale. ``bicubic-x*`` is the plain antialiased bicubic downscale;
+  ``sr-x4-mix`` replaces the chain by it (sometimes JPEG-compressed) for a quarter of the images.
 
 Images are (H, W, 3) float32 RGB in [0, 1]. Every random draw comes from
 ``np.random.default_rng(seed)``, so one (image, recipe, seed) always gives the same bytes; the
@@ -73,6 +74,13 @@ class SRRecipe:
     scale: int = 4
     passes: tuple[DegradationPass, ...] = field(default_factory=tuple)
     final_resize: str = "random"
+    # With probability ``clean_prob`` the passes are skipped: the LR is the antialiased bicubic
+    # downscale, JPEG-compressed with probability ``clean_jpeg_prob`` at a quality in ``clean_jpeg``.
+    # A model that only ever sees the second-order chain learns to smooth everything, so a clean or
+    # lightly compressed photo (what most users upscale) comes out softer than bicubic.
+    clean_prob: float = 0.0
+    clean_jpeg_prob: float = 0.5
+    clean_jpeg: Range = (75.0, 95.0)
 
 
 Recipe = FaceRecipe | SRRecipe
@@ -88,6 +96,7 @@ RECIPES: dict[str, Recipe] = {
     "face-eval": FaceRecipe(blur_sigma=(1.0, 4.0), downscale=(4.0, 8.0), noise=(0.0, 15.0), jpeg=(60.0, 90.0)),
     "face-large": FaceRecipe(blur_sigma=(1.0, 15.0), downscale=(4.0, 30.0), noise=(0.0, 20.0), jpeg=(30.0, 80.0)),
     "sr-x4": SRRecipe(scale=4, passes=(_FIRST, _SECOND)),
+    "sr-x4-mix": SRRecipe(scale=4, passes=(_FIRST, _SECOND), clean_prob=0.25),
     "sr-x2": SRRecipe(scale=2, passes=(_FIRST, _SECOND)),
     "bicubic-x4": SRRecipe(scale=4, final_resize="bicubic"),
     "bicubic-x2": SRRecipe(scale=2, final_resize="bicubic"),
@@ -248,6 +257,11 @@ def _degrade_sr(hq: np.ndarray, r: SRRecipe, rng: np.random.Generator) -> np.nda
     if h % r.scale or w % r.scale:
         raise ValueError(f"image size {w}x{h} is not a multiple of the SR scale {r.scale}; crop it first")
     lh, lw = h // r.scale, w // r.scale
+    if r.clean_prob > 0 and rng.random() < r.clean_prob:  # no draw at 0: other recipes keep their bytes
+        img = bicubic_resize(hq, lw, lh)
+        if rng.random() < r.clean_jpeg_prob:
+            img = jpeg(img, int(rng.integers(int(r.clean_jpeg[0]), int(r.clean_jpeg[1]) + 1)))
+        return img
     img = hq
     for i, p in enumerate(r.passes):
         img = _apply_pass(img, p, (h, w) if i == 0 else (lh, lw), rng)

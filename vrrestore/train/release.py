@@ -111,6 +111,9 @@ class Schedule:
     units: tuple[Unit, ...]
     release: dict[str, str]  # head -> registry name of the model it becomes
     eval_images: int = 40
+    # degradations of the stages that see LQ inputs (code, fidelity, plain); "" = the task's default.
+    # A record trained with another recipe is stale.
+    recipe: str = ""
     licence: str = ""  # of the trained weights (follows the training data's terms)
     data_note: str = ""  # what the registry says about the training data
 
@@ -125,7 +128,7 @@ class Schedule:
 
 
 _PRIOR_OPTS = dict(disc_width=16, adaptive_every=4, continuous_prob=0.5, perceptual_net="alex")
-_FID_OPTS = dict(disc_width=16, adaptive_every=4, perceptual_net="alex", disc_start=0, gan_weight=0.1)
+_FID_OPTS = dict(disc_width=16, adaptive_every=4, perceptual_net="alex", disc_start=0, gan_weight=0.1, fusion_lr=5e-4)
 
 
 def release_units(prior: int, code: int, fidelity: int, disc_start: int) -> tuple[Unit, ...]:
@@ -135,8 +138,10 @@ def release_units(prior: int, code: int, fidelity: int, disc_start: int) -> tupl
     heads = [(stage, steps, head) for head in ("vr", "vq") for stage, steps in (("code", code), ("fidelity", fidelity))]
     rates = {"code": (5e-4, 100, {}), "fidelity": (1e-4, 50, _FID_OPTS)}
     # fidelity 2: losses follow the fidelity weight (fidelity_gain); code 2 / fidelity 3: the CPU presets
-    # gained OutputFuse (the code stage writes the restorer's geometry, so both train again)
-    revision = {"code": 2, "fidelity": 3}
+    # gained OutputFuse (the code stage writes the restorer's geometry, so both train again); fidelity 4:
+    # the fusion blocks and OutputFuse learn at 5e-4 (fusion_lr), 5x the fine-tuning rate: at 1e-4 for
+    # 800 steps OutputFuse barely left the identity (mean |last-layer weight| 0.004)
+    revision = {"code": 2, "fidelity": 4}
     return (
         Unit("prior", prior, lr=2e-4, warmup_steps=100, options=dict(_PRIOR_OPTS, disc_start=disc_start)),
         *(Unit(stage, steps, head, lr=rates[stage][0], warmup_steps=rates[stage][1], options=dict(rates[stage][2]),  # type: ignore[arg-type]
@@ -169,9 +174,10 @@ SCHEDULES: dict[str, Schedule] = {
         # the crops pack, and the full photographs `vrrestore train wallpapers` puts in the cache (random
         # 256 px crops of both at training time)
         data=("packs/sr_train_480.tar", "cache:data/wallpapers"),
-        # training uses the SR default recipe (sr-x4, two-pass blind degradations); the held-out check
-        # degrades Set14 HR with the same recipe at seed 0 (no separate x4 eval recipe exists)
-        eval_data="sr_hq/Set14/HR", eval_recipe="sr-x4",
+        # training mixes the blind two-pass chain with clean bicubic inputs (sr-x4-mix: a quarter of the
+        # images, so clean photos are not smoothed); the held-out check degrades Set14 HR with the blind
+        # chain alone (sr-x4) at seed 0
+        eval_data="sr_hq/Set14/HR", eval_recipe="sr-x4", recipe="sr-x4-mix",
         batch_size=8, seed=0,
         units=release_units(prior=4000, code=1200, fidelity=1500, disc_start=2500),
         release={"vr": "vr-sr-x4-s", "vq": "vq-sr-x4-s"},
@@ -181,8 +187,10 @@ SCHEDULES: dict[str, Schedule] = {
             "the 30 Debian wallpaper photographs those 168 crops came from, whole (plasma-workspace-wallpapers and "
             "mate-backgrounds: GPL-2+; lomiri-wallpapers-16.04/-20.04: CC BY 4.0, CC BY-SA 3.0/4.0 or CC0 per file), "
             "short side <= 1200 px; "
-            "random 256 px crops with horizontal flips and synthetic blind x4 degradations (recipe 'sr-x4': two "
-            "passes of blur, resize, noise and JPEG). Research use: the Sun-Hays80 images state no licence."
+            "random 256 px crops with horizontal flips and synthetic x4 degradations (recipe 'sr-x4-mix': for three "
+            "quarters of the crops two passes of blur, resize, noise and JPEG, for a quarter the clean bicubic "
+            "downscale, half of those JPEG-compressed at quality 75-95). Research use: the Sun-Hays80 images state "
+            "no licence."
         ),
     ),
 }
@@ -289,16 +297,18 @@ def unit_current(schedule: Schedule, unit: Unit, progress: dict[str, Any], out_d
     from its own, up to the prior (a longer prior makes every unit below it stale until the runner
     reaches and retrains it)."""
     rec = progress["units"].get(unit.name, {})
-    if _stale_reason(unit, rec, out_dir, missing_upstream_is_stale=True):
+    if _stale_reason(schedule, unit, rec, out_dir, missing_upstream_is_stale=True):
         return False
     return not unit.upstream or unit_current(schedule, schedule.unit(unit.upstream), progress, out_dir)
 
 
-def _stale_reason(unit: Unit, rec: dict[str, Any], out_dir: Path, missing_upstream_is_stale: bool) -> str:
-    """Why this unit's own record is out of date ("" if it is not): another revision, or an upstream
-    file other than the one it was trained from."""
+def _stale_reason(schedule: Schedule, unit: Unit, rec: dict[str, Any], out_dir: Path, missing_upstream_is_stale: bool) -> str:
+    """Why this unit's own record is out of date ("" if it is not): another revision, another
+    degradation recipe, or an upstream file other than the one it was trained from."""
     if int(rec.get("revision", 1)) != unit.revision:
         return f"its training changed (revision {rec.get('revision', 1)} -> {unit.revision})"
+    if unit.stage != "prior" and rec.get("recipe", "") != schedule.recipe:
+        return f"its degradation recipe changed ({rec.get('recipe') or 'default'} -> {schedule.recipe or 'default'})"
     if not unit.upstream:
         return ""
     up = out_dir / f"{unit.upstream}.safetensors"
@@ -318,7 +328,10 @@ def unit_config(schedule: Schedule, unit: Unit, run_dir: Path, data_root: Path) 
         workers=1, warmup_steps=unit.warmup_steps, cosine=unit.cosine, ckpt_every=250, progress=False,
     )
     opts_cls = {"prior": PriorOptions, "code": CodeOptions, "fidelity": FidelityOptions, "plain": PlainOptions}[unit.stage]
-    opts = dataclasses.replace(getattr(cfg, unit.stage), **unit.options)
+    opts = getattr(cfg, unit.stage)
+    if schedule.recipe and unit.stage != "prior":  # the prior trains on HQ images only
+        opts = dataclasses.replace(opts, recipe=schedule.recipe)
+    opts = dataclasses.replace(opts, **unit.options)
     if unit.stage == "code":
         opts = dataclasses.replace(opts, head=unit.head)
     assert isinstance(opts, opts_cls)
@@ -400,8 +413,9 @@ def evaluate_prior(file: Path, schedule: Schedule, data_root: Path) -> dict[str,
 
 def evaluate_restorer(file: Path, schedule: Schedule, data_root: Path, fidelities: tuple[float, ...]) -> dict[str, Any]:
     """PSNR/SSIM (and LPIPS-alex when available) on held-out images degraded with the schedule's
-    evaluation recipe at seed 0, for each fidelity weight; the LQ input's scores alongside."""
-    from ..benchmark import run_model, synthetic_dataset
+    evaluation recipe at seed 0, for each fidelity weight; the LQ input's scores alongside (for SR
+    its MATLAB-bicubic upscale), so every record says what the model gains."""
+    from ..benchmark import baseline_output, run_model, synthetic_dataset
     from ..checkpoint import load_checkpoint
     from ..metrics.fidelity import psnr, ssim
 
@@ -412,16 +426,20 @@ def evaluate_restorer(file: Path, schedule: Schedule, data_root: Path, fidelitie
     y, crop = (True, ds.scale) if schedule.task == "sr" else (False, 0)
     lp = _lpips()
     out: dict[str, Any] = {"images": len(ds.samples), "recipe": schedule.eval_recipe}
-    for w in fidelities:
+    baseline = "bicubic" if schedule.task == "sr" else "input"
+    runs: list[tuple[str, Callable[[np.ndarray, tuple[int, int]], np.ndarray]]] = [
+        (f"w{w:g}", lambda lq, size, w=w: run_model(desc, lq, size, w, "auto")) for w in fidelities]
+    runs.append((baseline, lambda lq, size: baseline_output(baseline, lq, size)))
+    for key, restore in runs:
         ps, ss, ls = [], [], []
         for smp in ds.samples:
-            img = run_model(desc, smp.lq, smp.gt.shape[:2], w, "auto")
+            img = restore(smp.lq, smp.gt.shape[:2])
             ps.append(psnr(img, smp.gt, crop, y))
             ss.append(ssim(img, smp.gt, crop, y))
             if lp is not None:
                 ls.append(lp(img, smp.gt))
-        out[f"w{w:g}"] = {"psnr": round(float(np.mean(ps)), 3), "ssim": round(float(np.mean(ss)), 4),
-                          **({"lpips_alex": round(float(np.mean(ls)), 4)} if ls else {})}
+        out[key] = {"psnr": round(float(np.mean(ps)), 3), "ssim": round(float(np.mean(ss)), 4),
+                    **({"lpips_alex": round(float(np.mean(ls)), 4)} if ls else {})}
     return out
 
 
@@ -500,7 +518,7 @@ def _invalidate_if_stale(
     rec = progress["units"].get(unit.name)
     if not rec:
         return
-    why = _stale_reason(unit, rec, out_dir, missing_upstream_is_stale=False)  # a missing upstream is trained first
+    why = _stale_reason(schedule, unit, rec, out_dir, missing_upstream_is_stale=False)  # a missing upstream is trained first
     if not why:
         return
     say(f"{unit.name}: {why}; training it again")
@@ -588,6 +606,8 @@ def _piece(
     })
     if upstream_file is not None:
         rec["upstream_sha256"] = sha256_file(upstream_file)
+    if schedule.recipe and unit.stage != "prior":
+        rec["recipe"] = schedule.recipe
     try:
         rec["eval"] = evaluate_unit(unit, committed, schedule, data_root)
         rec.pop("eval_error", None)
@@ -688,7 +708,7 @@ def registry_metrics(schedule: Schedule, recs: dict[str, dict[str, Any]]) -> dic
         "cpu_hours": round(sum(float(r["cpu_hours"]) for r in recs.values()), 2),
         "held_out": f"{schedule.eval_data} (first {schedule.eval_images}), recipe {schedule.eval_recipe} seed 0",
     }
-    for w in ("w0", "w0.5", "w1"):
+    for w in ("w0", "w0.5", "w1", "input", "bicubic"):  # the model at each weight, then its baseline
         if w in ev:
             for k, v in ev[w].items():
                 m[f"{k}_{w}"] = v

@@ -187,7 +187,8 @@ class StageBase:
         ids = [self.rt.device.index] if self.rt.device.type == "cuda" else None
         return DDP(module, device_ids=ids, **_NO_BUFFER_SYNC)
 
-    def add_optim(self, name: str, params: list[nn.Parameter], lr: float, betas: tuple[float, float]) -> None:
+    def add_optim(self, name: str, params: list[nn.Parameter] | list[dict[str, Any]], lr: float,
+                  betas: tuple[float, float]) -> None:
         self.optims[name] = torch.optim.Adam(params, lr=lr, betas=betas)
         self.scheds[name] = torch.optim.lr_scheduler.LambdaLR(self.optims[name], lr_lambda(self.cfg))
 
@@ -604,8 +605,7 @@ class FidelityStage(_RestorerStage):
         self.net = self.wrap(RestoreNet(self.restorer, fo.detach_code))
         self.disc_ddp = self.wrap(self.disc)
         self.nets = {"restorer": self.restorer, "disc": self.disc}
-        params = [p for p in self.restorer.parameters() if p.requires_grad]
-        self.add_optim("g", params, cfg.learning_rate, (0.9, 0.99))
+        self.add_optim("g", self._param_groups(fo.fusion_lr), cfg.learning_rate, (0.9, 0.99))
         self.add_optim("d", list(self.disc.parameters()), cfg.learning_rate, (0.9, 0.99))
         self.perceptual = Perceptual(fo.perceptual_weight, rt.device, rt.say, fo.perceptual_net)
         self.ema = ModelEMA(self.restorer, cfg.ema_decay)
@@ -616,6 +616,18 @@ class FidelityStage(_RestorerStage):
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
         self.adaptive.value = state.get("adaptive")
+
+    def _param_groups(self, fusion_lr: float) -> list[dict[str, Any]]:
+        """The fusion blocks and OutputFuse (new in this stage) at ``fusion_lr``; everything else that
+        trains (the fine-tuned encoder, transformer and head) at the stage's rate. One group when the
+        rates are the same, so runs saved before the option existed resume."""
+        trained = [p for p in self.restorer.parameters() if p.requires_grad]
+        if not fusion_lr or fusion_lr == self.cfg.learning_rate:
+            return [{"params": trained}]
+        fusion = {id(p) for m in (self.restorer.fuse, self.restorer.out_fuse) if m is not None for p in m.parameters()}
+        groups = [{"params": [p for p in trained if id(p) not in fusion]},
+                  {"params": [p for p in trained if id(p) in fusion], "lr": fusion_lr}]
+        return [g for g in groups if g["params"]]
 
     def _last_fuse_weight(self) -> nn.Parameter | None:
         """The trained layer nearest the output, where the adaptive GAN weight compares gradients."""
