@@ -13,6 +13,7 @@ from vrrestore.data.degradations import (
     blur,
     gaussian_kernel,
     jpeg,
+    quantize8,
     random_kernel,
 )
 
@@ -101,6 +102,23 @@ def test_sr_mix_is_the_blind_chain_or_clean_bicubic() -> None:
         d = np.abs(out - bic).mean()
         kinds["bicubic" if d == 0 else "jpeg" if d < 0.05 else "blind"] += 1
     assert 70 <= kinds["bicubic"] + kinds["jpeg"] <= 130 and 25 <= kinds["bicubic"] <= 75, kinds
+
+
+def test_face_mix_keeps_a_fifth_of_the_faces_clean() -> None:
+    """face-mix: a fifth of the LQ faces are the HQ itself (half of those JPEG q75-95), the rest the
+    blind face chain with the 'face' recipe's ranges; a clean_prob of 0 keeps 'face' byte for byte."""
+    hq = quantize8(textured())
+    face = get_recipe("face")
+    assert isinstance(face, FaceRecipe) and face.clean_prob == 0.0
+    assert np.array_equal(degrade(hq, FaceRecipe(), seed=4), degrade(hq, "face", seed=4))
+    assert np.array_equal(degrade(hq, FaceRecipe(clean_prob=1.0, clean_jpeg_prob=0.0), seed=4), hq)
+    jpegged = degrade(hq, FaceRecipe(clean_prob=1.0, clean_jpeg_prob=1.0), seed=4)
+    assert jpegged.shape == hq.shape and 0 < np.abs(jpegged - hq).mean() < 0.05
+    kinds = {"clean": 0, "jpeg": 0, "blind": 0}
+    for seed in range(400):
+        d = np.abs(degrade(hq, "face-mix", seed=seed) - hq).mean()
+        kinds["clean" if d == 0 else "jpeg" if d < 0.03 else "blind"] += 1
+    assert 55 <= kinds["clean"] + kinds["jpeg"] <= 105 and 20 <= kinds["clean"] <= 60, kinds
 
 
 def test_custom_recipe_dataclass_is_accepted() -> None:

@@ -259,9 +259,13 @@ def test_sr_schedule_is_the_face_chain_on_sr_data(tmp_path: Path, monkeypatch: p
     assert sr.release == {"vr": "vr-sr-x4-s", "vq": "vq-sr-x4-s"}
     registry = json.loads((Path(rel.__file__).parents[1] / "weights.json").read_text())
     assert set(sr.release.values()) <= {m["name"] for m in registry["models"]}
-    # the code and fidelity stages degrade with the schedule's recipe (blind chain + clean quarter);
-    # the prior sees HQ only; face keeps the task default
-    assert sr.recipe == "sr-x4-mix" and RECIPES[sr.recipe].clean_prob == 0.25 and face.recipe == ""
+    # SR's code and fidelity stages degrade with sr-x4-mix (blind chain + clean quarter), the face
+    # fidelity stage with face-mix (a clean fifth); the prior sees HQ only; the rest keep the task default
+    assert {u.name: sr.recipe(u) for u in sr.units} == {
+        "prior": "", "code-vr": "sr-x4-mix", "fidelity-vr": "sr-x4-mix", "code-vq": "sr-x4-mix", "fidelity-vq": "sr-x4-mix"}
+    assert {u.name: face.recipe(u) for u in face.units} == {
+        "prior": "", "code-vr": "", "fidelity-vr": "face-mix", "code-vq": "", "fidelity-vq": "face-mix", "plain": ""}
+    assert RECIPES["sr-x4-mix"].clean_prob == 0.25 and RECIPES["face-mix"].clean_prob == 0.2
     monkeypatch.setenv("VRRESTORE_CACHE", str(tmp_path / "cache"))
     (tmp_path / "cache" / "data" / "wallpapers").mkdir(parents=True)
     for name in ("code-vr", "fidelity-vq"):
@@ -274,6 +278,7 @@ def test_sr_schedule_is_the_face_chain_on_sr_data(tmp_path: Path, monkeypatch: p
     (tmp_path / "root/packs/faces_train_256.tar").touch()
     face_cfg = rel.unit_config(face, face.unit("code-vr"), tmp_path / "run", tmp_path / "root")
     assert face_cfg.code.recipe == ""
+    assert rel.unit_config(face, face.unit("fidelity-vq"), tmp_path / "run", tmp_path / "root").fidelity.recipe == "face-mix"
 
 
 def test_a_record_of_another_recipe_is_stale(tmp_path: Path) -> None:
@@ -286,6 +291,10 @@ def test_a_record_of_another_recipe_is_stale(tmp_path: Path) -> None:
     why = rel._stale_reason(sr, sr.unit("code-vr"), rec, tmp_path, missing_upstream_is_stale=False)
     assert why == "its degradation recipe changed (default -> sr-x4-mix)"
     assert rel._stale_reason(sr, sr.unit("code-vr"), dict(rec, recipe="sr-x4-mix"), tmp_path, False) == ""
+    fid = face.unit("fidelity-vr")
+    why = rel._stale_reason(face, fid, {"revision": fid.revision}, tmp_path, False)
+    assert why == "its degradation recipe changed (default -> face-mix)"
+    assert rel._stale_reason(face, fid, {"revision": fid.revision, "recipe": "face-mix"}, tmp_path, False) == ""
     prior = sr.unit("prior")
     assert rel._stale_reason(sr, prior, {"revision": prior.revision}, tmp_path, False) == ""
 
@@ -413,7 +422,7 @@ def test_the_face_schedule_retrains_code_and_fidelity_written_before_output_fuse
         "prior": {"step": 1}, "code-vr": {"upstream_sha256": sha["prior"]},
         "code-vq": {"upstream_sha256": sha["prior"], "revision": 2},
         "fidelity-vr": {"upstream_sha256": sha["code-vr"], "revision": 2},
-        "fidelity-vq": {"upstream_sha256": sha["code-vq"], "revision": 4},
+        "fidelity-vq": {"upstream_sha256": sha["code-vq"], "revision": 4, "recipe": "face-mix"},
     }}
     current = {u.name: rel.unit_current(face, u, progress, tmp_path) for u in face.units if u.name in progress["units"]}
     assert current == {"prior": True, "code-vr": False, "code-vq": True, "fidelity-vr": False, "fidelity-vq": True}

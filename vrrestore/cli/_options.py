@@ -24,7 +24,7 @@ class PrecisionChoice(str, Enum):
 
 # The names of data.degradations.RECIPES, for help texts (that module pulls in OpenCV; a test keeps
 # the two equal).
-RECIPE_NAMES = ("face", "face-eval", "face-large", "sr-x4", "sr-x4-mix", "sr-x2", "bicubic-x4", "bicubic-x2")
+RECIPE_NAMES = ("face", "face-eval", "face-mix", "face-large", "sr-x4", "sr-x4-mix", "sr-x2", "bicubic-x4", "bicubic-x2")
 
 
 class HeadChoice(str, Enum):

@@ -9,6 +9,10 @@ Two families, both written from the published descriptions (no upstream code):
   then a resize to HR / scale. ``bicubic-x*`` is the plain antialiased bicubic downscale;
   ``sr-x4-mix`` replaces the chain by it (sometimes JPEG-compressed) for a quarter of the images.
 
+Both families can keep a share of inputs clean (``clean_prob``: the HQ itself for faces, the plain
+bicubic downscale for SR, sometimes lightly JPEG-compressed), so that a model also learns to leave a
+good input alone: ``face-mix`` and ``sr-x4-mix``.
+
 Images are (H, W, 3) float32 RGB in [0, 1]. Every random draw comes from
 ``np.random.default_rng(seed)``, so one (image, recipe, seed) always gives the same bytes; the
 global NumPy RNG is never touched. Outputs are rounded to the 8-bit grid, as a saved LQ would be.
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import cv2
@@ -41,6 +46,12 @@ class FaceRecipe:
     color_jitter_prob: float = 0.0
     color_jitter_shift: float = 20.0
     gray_prob: float = 0.0
+    # With probability ``clean_prob`` nothing above is applied: the LQ is the HQ itself, JPEG-compressed
+    # with probability ``clean_jpeg_prob`` at a quality in ``clean_jpeg``. Trained on degraded faces
+    # only, a restorer rewrites a sharp face into its prior's version of it (wax skin, identity drift).
+    clean_prob: float = 0.0
+    clean_jpeg_prob: float = 0.5
+    clean_jpeg: Range = (75.0, 95.0)
 
 
 @dataclass(frozen=True)
@@ -94,6 +105,7 @@ _SECOND = DegradationPass(
 RECIPES: dict[str, Recipe] = {
     "face": FaceRecipe(),
     "face-eval": FaceRecipe(blur_sigma=(1.0, 4.0), downscale=(4.0, 8.0), noise=(0.0, 15.0), jpeg=(60.0, 90.0)),
+    "face-mix": FaceRecipe(clean_prob=0.2),
     "face-large": FaceRecipe(blur_sigma=(1.0, 15.0), downscale=(4.0, 30.0), noise=(0.0, 20.0), jpeg=(30.0, 80.0)),
     "sr-x4": SRRecipe(scale=4, passes=(_FIRST, _SECOND)),
     "sr-x4-mix": SRRecipe(scale=4, passes=(_FIRST, _SECOND), clean_prob=0.25),
@@ -223,8 +235,21 @@ def quantize8(img: np.ndarray) -> np.ndarray:
 # Recipes
 
 
+def _clean_share(clean: Callable[[], np.ndarray], r: Recipe, rng: np.random.Generator) -> np.ndarray | None:
+    """With probability ``r.clean_prob`` the clean LQ (``clean()``), sometimes JPEG-compressed; else
+    None. Nothing is drawn when clean_prob is 0, so recipes without a clean share keep their bytes."""
+    if r.clean_prob <= 0 or rng.random() >= r.clean_prob:
+        return None
+    img = clean()
+    if rng.random() < r.clean_jpeg_prob:
+        img = jpeg(img, int(rng.integers(int(r.clean_jpeg[0]), int(r.clean_jpeg[1]) + 1)))
+    return img
+
+
 def _degrade_face(hq: np.ndarray, r: FaceRecipe, rng: np.random.Generator) -> np.ndarray:
     h, w = hq.shape[:2]
+    if (clean := _clean_share(lambda: hq, r, rng)) is not None:
+        return clean
     img = blur(hq, random_kernel(rng, r.kernel_size, r.blur_sigma, r.iso_prob))
     f = rng.uniform(*r.downscale)
     img = resize(img, round(w / f), round(h / f), cv2.INTER_LINEAR)
@@ -257,11 +282,8 @@ def _degrade_sr(hq: np.ndarray, r: SRRecipe, rng: np.random.Generator) -> np.nda
     if h % r.scale or w % r.scale:
         raise ValueError(f"image size {w}x{h} is not a multiple of the SR scale {r.scale}; crop it first")
     lh, lw = h // r.scale, w // r.scale
-    if r.clean_prob > 0 and rng.random() < r.clean_prob:  # no draw at 0: other recipes keep their bytes
-        img = bicubic_resize(hq, lw, lh)
-        if rng.random() < r.clean_jpeg_prob:
-            img = jpeg(img, int(rng.integers(int(r.clean_jpeg[0]), int(r.clean_jpeg[1]) + 1)))
-        return img
+    if (clean := _clean_share(lambda: bicubic_resize(hq, lw, lh), r, rng)) is not None:
+        return clean
     img = hq
     for i, p in enumerate(r.passes):
         img = _apply_pass(img, p, (h, w) if i == 0 else (lh, lw), rng)

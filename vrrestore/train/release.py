@@ -111,14 +111,18 @@ class Schedule:
     units: tuple[Unit, ...]
     release: dict[str, str]  # head -> registry name of the model it becomes
     eval_images: int = 40
-    # degradations of the stages that see LQ inputs (code, fidelity, plain); "" = the task's default.
-    # A record trained with another recipe is stale.
-    recipe: str = ""
+    # degradation recipe per stage that sees LQ inputs (code, fidelity, plain); a stage not named
+    # here uses the task's default. A record trained with another recipe is stale.
+    recipes: dict[str, str] = field(default_factory=dict)
     licence: str = ""  # of the trained weights (follows the training data's terms)
     data_note: str = ""  # what the registry says about the training data
 
     def chain(self, head: str) -> list[Unit]:
         return [u for u in self.units if u.in_chain(head)]
+
+    def recipe(self, unit: Unit) -> str:
+        """The unit's training recipe ("" = the task default; the prior sees HQ images only)."""
+        return "" if unit.stage == "prior" else self.recipes.get(unit.stage, "")
 
     def unit(self, name: str) -> Unit:
         for u in self.units:
@@ -161,11 +165,17 @@ SCHEDULES: dict[str, Schedule] = {
         eval_data="faces_hq/test/london_canada_256", eval_recipe="face-eval",
         batch_size=8, seed=0,
         units=(*release_units(prior=7500, code=1000, fidelity=800, disc_start=2500), PLAIN_UNIT),
+        # The fidelity stage owns the input path (fusion blocks, OutputFuse's gate on the input), so it
+        # is where the model learns to leave a sharp face alone: it sees a fifth of the faces clean
+        # (face-mix). The code stage and the plain baseline keep the blind recipe: face-eval scores
+        # only degraded faces, where a clean share can only cost the VR chain, not the baseline.
+        recipes={"fidelity": "face-mix"},
         release={"vr": "vr-face-s", "vq": "vq-face-s"},
         licence="other",
         data_note=(
             "2,356 aligned 256 px faces (MEBeauty 2,152, Face Research Lab London 172 + Canada 32 at CC BY 4.0, "
-            "horizontal flips) with synthetic blind degradations (recipe 'face': blur, x1-x8 downscale, noise, JPEG). "
+            "horizontal flips) with synthetic blind degradations (recipe 'face': blur, x1-x12 downscale, noise, JPEG; "
+            "for the fidelity stage a fifth of the faces stay clean, half of those JPEG-compressed at quality 75-95). "
             "Research use: MEBeauty states no licence, so these weights are for research and evaluation."
         ),
     ),
@@ -177,7 +187,8 @@ SCHEDULES: dict[str, Schedule] = {
         # training mixes the blind two-pass chain with clean bicubic inputs (sr-x4-mix: a quarter of the
         # images, so clean photos are not smoothed); the held-out check degrades Set14 HR with the blind
         # chain alone (sr-x4) at seed 0
-        eval_data="sr_hq/Set14/HR", eval_recipe="sr-x4", recipe="sr-x4-mix",
+        eval_data="sr_hq/Set14/HR", eval_recipe="sr-x4",
+        recipes={"code": "sr-x4-mix", "fidelity": "sr-x4-mix"},
         batch_size=8, seed=0,
         units=release_units(prior=4000, code=1200, fidelity=1500, disc_start=2500),
         release={"vr": "vr-sr-x4-s", "vq": "vq-sr-x4-s"},
@@ -307,8 +318,8 @@ def _stale_reason(schedule: Schedule, unit: Unit, rec: dict[str, Any], out_dir: 
     degradation recipe, or an upstream file other than the one it was trained from."""
     if int(rec.get("revision", 1)) != unit.revision:
         return f"its training changed (revision {rec.get('revision', 1)} -> {unit.revision})"
-    if unit.stage != "prior" and rec.get("recipe", "") != schedule.recipe:
-        return f"its degradation recipe changed ({rec.get('recipe') or 'default'} -> {schedule.recipe or 'default'})"
+    if rec.get("recipe", "") != (recipe := schedule.recipe(unit)):
+        return f"its degradation recipe changed ({rec.get('recipe') or 'default'} -> {recipe or 'default'})"
     if not unit.upstream:
         return ""
     up = out_dir / f"{unit.upstream}.safetensors"
@@ -329,8 +340,8 @@ def unit_config(schedule: Schedule, unit: Unit, run_dir: Path, data_root: Path) 
     )
     opts_cls = {"prior": PriorOptions, "code": CodeOptions, "fidelity": FidelityOptions, "plain": PlainOptions}[unit.stage]
     opts = getattr(cfg, unit.stage)
-    if schedule.recipe and unit.stage != "prior":  # the prior trains on HQ images only
-        opts = dataclasses.replace(opts, recipe=schedule.recipe)
+    if recipe := schedule.recipe(unit):
+        opts = dataclasses.replace(opts, recipe=recipe)
     opts = dataclasses.replace(opts, **unit.options)
     if unit.stage == "code":
         opts = dataclasses.replace(opts, head=unit.head)
@@ -606,8 +617,10 @@ def _piece(
     })
     if upstream_file is not None:
         rec["upstream_sha256"] = sha256_file(upstream_file)
-    if schedule.recipe and unit.stage != "prior":
-        rec["recipe"] = schedule.recipe
+    if recipe := schedule.recipe(unit):
+        rec["recipe"] = recipe
+    else:
+        rec.pop("recipe", None)
     try:
         rec["eval"] = evaluate_unit(unit, committed, schedule, data_root)
         rec.pop("eval_error", None)
