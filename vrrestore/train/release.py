@@ -175,7 +175,7 @@ SCHEDULES: dict[str, Schedule] = {
         data_note=(
             "2,356 aligned 256 px faces (MEBeauty 2,152, Face Research Lab London 172 + Canada 32 at CC BY 4.0, "
             "horizontal flips) with synthetic blind degradations (recipe 'face': blur, x1-x12 downscale, noise, JPEG; "
-            "for the fidelity stage a fifth of the faces stay clean, half of those JPEG-compressed at quality 75-95). "
+            "weights published since session 6 had a fifth of the faces clean in their fidelity stage, recipe 'face-mix'). "
             "Research use: MEBeauty states no licence, so these weights are for research and evaluation."
         ),
     ),
