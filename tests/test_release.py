@@ -97,6 +97,48 @@ def test_budget_stops_a_unit_and_the_next_call_resumes_it_exactly(world: dict[st
     assert [s["resumed"] for s in starts] == [False, True] and starts[1]["step"] == 3
 
 
+def test_a_local_state_trained_another_way_is_not_resumed(world: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A state interrupted before its first export has no record that could mark it stale: the runner
+    keeps what it was trained as (revision, recipe, upstream) beside it and starts the unit again when
+    that is not what the unit is now; the same unit resumes it exactly."""
+    sch = tiny_schedule(prior_steps=6)
+    from vrrestore.train import loop
+
+    real_train = loop.train
+
+    def stop_after_3(cfg, resume=False, stop=None, init_state=None):  # noqa: ANN001, ANN202
+        return real_train(cfg, resume=resume, stop=lambda s: s >= 3, init_state=init_state)
+
+    def forget_the_export() -> None:  # as if Ctrl-C had ended the run before it exported
+        progress_file = world["out"] / "progress.json"
+        progress = json.loads(progress_file.read_text())
+        progress["units"].pop("prior")
+        progress_file.write_text(json.dumps(progress))
+        (world["out"] / "prior.safetensors").unlink()
+
+    monkeypatch.setattr(loop, "train", stop_after_3)
+    _run(world, sch)
+    forget_the_export()
+    newer = dataclasses.replace(sch, units=(dataclasses.replace(sch.units[0], revision=2), *sch.units[1:]))
+    said: list[str] = []
+    monkeypatch.setattr(loop, "train", real_train)
+    results = rel.run(newer, 30.0, world["out"], world["state"], world["data"], say=said.append)
+    assert (results[0].unit, results[0].start_step, results[0].step) == ("prior", 0, 6)
+    assert "prior: the local state was trained as another revision, recipe or upstream; starting it again" in said
+    log = [json.loads(x) for x in (world["state"] / "tiny" / "prior" / "log.jsonl").read_text().splitlines()]
+    assert [r["resumed"] for r in log if r["event"] == "start"] == [False]
+    # the unit as it is now: an interrupted state of it resumes exactly
+    shutil.rmtree(world["state"])
+    shutil.rmtree(world["out"])
+    monkeypatch.setattr(loop, "train", stop_after_3)
+    _run(world, newer)
+    forget_the_export()
+    monkeypatch.setattr(loop, "train", real_train)
+    assert _run(world, newer)[0].step == 6
+    log = [json.loads(x) for x in (world["state"] / "tiny" / "prior" / "log.jsonl").read_text().splitlines()]
+    assert [r["resumed"] for r in log if r["event"] == "start"] == [False, True]
+
+
 def test_new_machine_continues_from_committed_weights(world: dict[str, Path]) -> None:
     """Clean checkout: only release/<schedule>/ survives; a longer schedule continues from it."""
     short = tiny_schedule(prior_steps=4, code_steps=3)
@@ -408,13 +450,14 @@ def test_a_new_unit_revision_retrains_that_unit_only(world: dict[str, Path], tmp
 
 def test_the_face_schedule_retrains_code_and_fidelity_written_before_output_fuse(tmp_path: Path) -> None:
     """Records without a revision (all before it existed) are revision 1. Code records of revision 1
-    and fidelity records before 4 count as stale (OutputFuse made code 2 and fidelity 3; the fusion
-    learning rate made fidelity 4); the prior (same file, same sha) stays current, as does a record at
+    and fidelity records before 5 count as stale (OutputFuse made code 2 and fidelity 3; the fusion
+    learning rate made fidelity 4, the gate's start 5); the prior (same file, same sha) stays current, as does a record at
     today's revision."""
     face = rel.SCHEDULES["face"]
     revision = {u.name: u.revision for u in face.units}
-    assert (revision["code-vr"], revision["fidelity-vr"], revision["fidelity-vq"]) == (2, 4, 4)
+    assert (revision["code-vr"], revision["fidelity-vr"], revision["fidelity-vq"]) == (2, 5, 5)
     assert all(face.unit(n).options["fusion_lr"] == 5e-4 == 5 * face.unit(n).lr for n in ("fidelity-vr", "fidelity-vq"))
+    assert all(face.unit(n).options["gate_init"] == 0.5 for n in ("fidelity-vr", "fidelity-vq"))
     for name in ("prior", "code-vr", "code-vq"):
         (tmp_path / f"{name}.safetensors").write_bytes(name.encode())
     sha = {n: rel.sha256_file(tmp_path / f"{n}.safetensors") for n in ("prior", "code-vr", "code-vq")}
@@ -422,7 +465,7 @@ def test_the_face_schedule_retrains_code_and_fidelity_written_before_output_fuse
         "prior": {"step": 1}, "code-vr": {"upstream_sha256": sha["prior"]},
         "code-vq": {"upstream_sha256": sha["prior"], "revision": 2},
         "fidelity-vr": {"upstream_sha256": sha["code-vr"], "revision": 2},
-        "fidelity-vq": {"upstream_sha256": sha["code-vq"], "revision": 4, "recipe": "face-mix"},
+        "fidelity-vq": {"upstream_sha256": sha["code-vq"], "revision": 5, "recipe": "face-mix"},
     }}
     current = {u.name: rel.unit_current(face, u, progress, tmp_path) for u in face.units if u.name in progress["units"]}
     assert current == {"prior": True, "code-vr": False, "code-vq": True, "fidelity-vr": False, "fidelity-vq": True}

@@ -592,6 +592,31 @@ def test_fusion_lr_trains_the_new_blocks_faster(data: Path, code_run: Path, tmp_
     assert moved["fast"] > 5 * moved["plain"] > 0  # Adam's first step moves each weight by about the rate
 
 
+def test_gate_init_starts_output_fuse_as_a_blend_of_decoder_and_input(data: Path, code_run: Path, tmp_path: Path) -> None:
+    """--gate-init g: an untrained OutputFuse starts with its gate at g, so at fidelity w the output is
+    the decoder's output moved w * g of the way to the input; w = 0 stays the decoder's. A block that
+    has trained (--init weights) keeps what it learned."""
+    def stage_with(gate: float) -> FidelityStage:
+        cfg = cfg_for("fidelity", data, tmp_path / f"g{gate}", lr=1e-4, fidelity=FidelityOptions(
+            init=str(code_run), perceptual_weight=0, gan_weight=0, gate_init=gate))
+        return FidelityStage(cfg, CPU)
+
+    x = fixed_batch(data, "face")["lq"][:2]
+    base, gated = stage_with(0.0).restorer.eval(), stage_with(0.5).restorer.eval()
+    with torch.no_grad():
+        dec = base(x, 1.0)
+        for w in (0.0, 0.5, 1.0):
+            want = dec + 0.5 * w * (x - dec)
+            assert torch.allclose(gated(x, w), want, atol=1e-5), w
+    # a block that has trained (as one loaded with --init would be) is left alone
+    stage = stage_with(0.0)
+    last = stage.restorer.out_fuse.body[-1]
+    with torch.no_grad():
+        last.weight[0, 0, 0, 0] = 0.01
+    stage._start_gate(0.5)
+    assert not last.bias.any()
+
+
 def test_init_weights_from_before_output_fuse_start_the_new_model_as_the_old(tmp_path: Path) -> None:
     """`--init OLD.safetensors` into a preset that has since gained OutputFuse: every tensor but the
     prior's is copied, OutputFuse stays the identity, so the new model restores exactly as the old one."""

@@ -301,6 +301,10 @@ def fidelity(
         "Learning rate of the fusion blocks and OutputFuse, which start as the identity and are new in "
         "this stage; 0 = --lr, the rate at which the encoder and transformer are fine-tuned."
     ))] = 0.0,
+    gate_init: Annotated[float, typer.Option("--gate-init", min=0.0, max=1.0, help=(
+        "Where OutputFuse's input gate starts when the block is untrained: at w = 1 the first output is "
+        "this blend of the decoder's output and the input (0 = the decoder's output)."
+    ))] = 0.0,
     max_pixels: MaxPixels = None,
 ) -> None:
     """Stage 3: train the fusion blocks (and fine-tune encoder/transformer) with image losses at a
@@ -317,6 +321,7 @@ def fidelity(
     cfg.fidelity.disc_start = disc_start
     cfg.fidelity.fidelity_gain = fidelity_gain
     cfg.fidelity.fusion_lr = fusion_lr
+    cfg.fidelity.gate_init = gate_init
     cfg.fidelity.init_weights = _existing(init)
     _run(cfg, resume)
 

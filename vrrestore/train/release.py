@@ -132,7 +132,8 @@ class Schedule:
 
 
 _PRIOR_OPTS = dict(disc_width=16, adaptive_every=4, continuous_prob=0.5, perceptual_net="alex")
-_FID_OPTS = dict(disc_width=16, adaptive_every=4, perceptual_net="alex", disc_start=0, gan_weight=0.1, fusion_lr=5e-4)
+_FID_OPTS = dict(disc_width=16, adaptive_every=4, perceptual_net="alex", disc_start=0, gan_weight=0.1, fusion_lr=5e-4,
+                 gate_init=0.5)
 
 
 def release_units(prior: int, code: int, fidelity: int, disc_start: int) -> tuple[Unit, ...]:
@@ -144,8 +145,9 @@ def release_units(prior: int, code: int, fidelity: int, disc_start: int) -> tupl
     # fidelity 2: losses follow the fidelity weight (fidelity_gain); code 2 / fidelity 3: the CPU presets
     # gained OutputFuse (the code stage writes the restorer's geometry, so both train again); fidelity 4:
     # the fusion blocks and OutputFuse learn at 5e-4 (fusion_lr), 5x the fine-tuning rate: at 1e-4 for
-    # 800 steps OutputFuse barely left the identity (mean |last-layer weight| 0.004)
-    revision = {"code": 2, "fidelity": 4}
+    # 800 steps OutputFuse barely left the identity (mean |last-layer weight| 0.004); fidelity 5:
+    # OutputFuse's gate starts at 0.5 (gate_init), since at 5e-4 it still crept (+0.03 in 250 steps)
+    revision = {"code": 2, "fidelity": 5}
     return (
         Unit("prior", prior, lr=2e-4, warmup_steps=100, options=dict(_PRIOR_OPTS, disc_start=disc_start)),
         *(Unit(stage, steps, head, lr=rates[stage][0], warmup_steps=rates[stage][1], options=dict(rates[stage][2]),  # type: ignore[arg-type]
@@ -551,6 +553,16 @@ def _piece(
     committed = out_dir / f"{unit.name}.safetensors"
     ckpt_file = ckpt.stage_file(run_dir, unit.stage)
     resume = ckpt_file.is_file()
+    upstream_file = out_dir / f"{unit.upstream}.safetensors" if unit.upstream else None
+    # What the local state was trained as: a state of another revision, recipe or upstream file (say,
+    # one interrupted before its first export, so no record marks it stale) is not resumed.
+    identity = {"revision": unit.revision, "recipe": schedule.recipe(unit),
+                "upstream_sha256": sha256_file(upstream_file) if upstream_file is not None else ""}
+    marker = run_dir / "unit.json"
+    if resume and (not marker.is_file() or json.loads(marker.read_text()) != identity):
+        say(f"{unit.name}: the local state was trained as another revision, recipe or upstream; starting it again")
+        shutil.rmtree(run_dir)
+        resume = False
     prev_seconds = 0.0
     if resume:
         state = ckpt.load(ckpt_file, unit.stage)
@@ -575,7 +587,8 @@ def _piece(
         cfg.start_step = start_step
         say(f"{unit.name}: continuing from {committed.name} at step {start_step} (new machine: optimiser state restarts)")
     init_state = None
-    upstream_file = out_dir / f"{unit.upstream}.safetensors" if unit.upstream else None
+    run_dir.mkdir(parents=True, exist_ok=True)
+    marker.write_text(json.dumps(identity))
     if unit.stage == "code":
         assert upstream_file is not None
         init_state = prior_state_from_file(upstream_file)

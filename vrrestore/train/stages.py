@@ -595,6 +595,8 @@ class FidelityStage(_RestorerStage):
             if self.precondition == "whiten" and self.model_cfg.head == "vr":
                 raise UsageError("fidelity --init: not supported after a whitened code stage; pass --init to `train code`")
             load_restorer_weights(self.restorer, fo.init_weights)
+        if fo.gate_init:
+            self._start_gate(fo.gate_init)
         self.freeze_prior_parts()
         prior = VQAutoEncoder(self.model_cfg.prior)
         prior.load_state_dict(init_state["frozen"]["prior"])
@@ -616,6 +618,18 @@ class FidelityStage(_RestorerStage):
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
         self.adaptive.value = state.get("adaptive")
+
+    def _start_gate(self, value: float) -> None:
+        """Set OutputFuse's gate bias to ``value`` if the block is untrained (last layer all zero, as
+        the code stage leaves it); a block that has trained (``--init`` weights) keeps what it learned."""
+        out_fuse = self.restorer.out_fuse
+        if out_fuse is None:
+            raise UsageError("fidelity --gate-init: this preset has no OutputFuse (out_fuse is off)")
+        last = out_fuse.body[-1]
+        if bool(last.weight.any()) or bool(last.bias.any()):
+            return
+        with torch.no_grad():
+            last.bias[: last.bias.numel() // 2] = value  # the first half of the channels is a, the second b
 
     def _param_groups(self, fusion_lr: float) -> list[dict[str, Any]]:
         """The fusion blocks and OutputFuse (new in this stage) at ``fusion_lr``; everything else that
