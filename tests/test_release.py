@@ -404,6 +404,7 @@ def test_publish_bundles_current_chains_only(world: dict[str, Path], tmp_path: P
     assert vr["metrics"]["images_seen"] == sum(progress["units"][n]["images_seen"] for n in ("prior", "code-vr", "fidelity-vr"))
     assert vr["metrics"]["psnr_w0"] == progress["units"]["fidelity-vr"]["eval"]["w0"]["psnr"]
     assert vr["metrics"]["prior_psnr_continuous"] == progress["units"]["prior"]["eval"]["psnr_continuous"]
+    assert vr["metrics"]["recipes"] == "code-vr face / fidelity-vr face"  # the task default, by name
     assert "overrides" not in vr  # trained on today's preset
     # a preset that has moved on since the chain trained (here: lost OutputFuse): the entry pins the file
     from vrrestore import weights as W
@@ -424,6 +425,17 @@ def test_publish_bundles_current_chains_only(world: dict[str, Path], tmp_path: P
     assert status["prior"][1] == "6/6" and "stale" not in status["prior"]
     assert all(status[n][2] == "stale" for n in ("code-vr", "code-vq", "fidelity-vr", "fidelity-vq"))
     assert json.loads((pkg / "weights.json").read_text())["models"][0]["sha256"] == vr["sha256"]  # left as it was
+
+
+def test_registry_metrics_name_the_recipe_each_stage_trained_with() -> None:
+    """Records keep only a non-default recipe; the registry names every stage's, so an entry stays true
+    after the schedule's recipes change (vq-face-s trained on 'face' throughout, vr-face-s's fidelity
+    stage on 'face-mix')."""
+    sr = rel.SCHEDULES["sr"]
+    rec = dict(step=1, images_seen=8, cpu_hours=0.1)
+    recs = {"prior": dict(rec, stage="prior"), "code-vr": dict(rec, stage="code"),
+            "fidelity-vr": dict(rec, stage="fidelity", recipe="sr-x4-mix")}
+    assert rel.registry_metrics(sr, recs)["recipes"] == "code-vr sr-x4 / fidelity-vr sr-x4-mix"
 
 
 def test_a_new_unit_revision_retrains_that_unit_only(world: dict[str, Path], tmp_path: Path) -> None:

@@ -103,6 +103,8 @@ def test_shipped_registry_holds_the_release_models() -> None:
             path = W.resolve_entry(e)
             assert path.stat().st_size == e.size_bytes and hashlib.sha256(path.read_bytes()).hexdigest() == e.sha256
             assert e.metrics["images_seen"] > 0 and e.metrics["cpu_hours"] > 0 and "psnr_w0" in e.metrics
+            trained = [u.name for u in sch.chain(e.head) if u.stage != "prior"]
+            assert [part.split()[0] for part in e.metrics["recipes"].split(" / ")] == trained
         else:
             assert e.status == "unpublished" and (e.repo_id, e.revision, e.sha256, e.size_bytes, e.bundled) == (None,) * 5
     assert [s for _, s in W.list_entries()] == ["bundled" if e.published else "unpublished" for e in reg.values()]

@@ -39,6 +39,7 @@ import torch
 from ..cache import cache_dir
 from ..checkpoint import read_metadata
 from ..errors import UsageError
+from ..models import preset
 from ..models.config import config_to_dict
 from ..models.descriptor import architecture_of
 from ..precision import cpu_bf16_flags, cpu_model
@@ -53,6 +54,7 @@ from .config import (
     TrainConfig,
 )
 from .files import load_prior_file
+from .stages import default_recipe
 
 
 def default_state() -> Path:
@@ -124,6 +126,11 @@ class Schedule:
         """The unit's training recipe ("" = the task default; the prior sees HQ images only)."""
         return "" if unit.stage == "prior" else self.recipes.get(unit.stage, "")
 
+    def trained_recipe(self, rec: dict[str, Any]) -> str:
+        """The recipe a progress record of a non-prior unit trained with, by name (the record keeps
+        only a non-default one)."""
+        return str(rec.get("recipe") or default_recipe(preset(self.preset)))
+
     def unit(self, name: str) -> Unit:
         for u in self.units:
             if u.name == name:
@@ -176,8 +183,9 @@ SCHEDULES: dict[str, Schedule] = {
         licence="other",
         data_note=(
             "2,356 aligned 256 px faces (MEBeauty 2,152, Face Research Lab London 172 + Canada 32 at CC BY 4.0, "
-            "horizontal flips) with synthetic blind degradations (recipe 'face': blur, x1-x12 downscale, noise, JPEG; "
-            "weights published since session 6 had a fifth of the faces clean in their fidelity stage, recipe 'face-mix'). "
+            "horizontal flips) with synthetic degradations, per stage as metrics.recipes says: recipe 'face' (blur, "
+            "x1-x12 downscale, noise, JPEG) or 'face-mix' ('face' for four fifths of the faces, the clean face for a "
+            "fifth, half of those JPEG-compressed at quality 75-95). "
             "Research use: MEBeauty states no licence, so these weights are for research and evaluation."
         ),
     ),
@@ -200,7 +208,8 @@ SCHEDULES: dict[str, Schedule] = {
             "the 30 Debian wallpaper photographs those 168 crops came from, whole (plasma-workspace-wallpapers and "
             "mate-backgrounds: GPL-2+; lomiri-wallpapers-16.04/-20.04: CC BY 4.0, CC BY-SA 3.0/4.0 or CC0 per file), "
             "short side <= 1200 px; "
-            "random 256 px crops with horizontal flips and synthetic x4 degradations (recipe 'sr-x4-mix': for three "
+            "random 256 px crops with horizontal flips and synthetic x4 degradations, per stage as metrics.recipes "
+            "says (recipe 'sr-x4-mix': for three "
             "quarters of the crops two passes of blur, resize, noise and JPEG, for a quarter the clean bicubic "
             "downscale, half of those JPEG-compressed at quality 75-95). Research use: the Sun-Hays80 images state "
             "no licence."
@@ -730,6 +739,8 @@ def registry_metrics(schedule: Schedule, recs: dict[str, dict[str, Any]]) -> dic
     ev = fid.get("eval", {})
     m: dict[str, Any] = {
         "steps": " / ".join(f"{k} {r['step']}" for k, r in recs.items()),
+        # per model, since one registry entry can outlive a change of the schedule's recipes
+        "recipes": " / ".join(f"{k} {schedule.trained_recipe(r)}" for k, r in recs.items() if r["stage"] != "prior"),
         "images_seen": sum(int(r["images_seen"]) for r in recs.values()),
         "cpu_hours": round(sum(float(r["cpu_hours"]) for r in recs.values()), 2),
         "held_out": f"{schedule.eval_data} (first {schedule.eval_images}), recipe {schedule.eval_recipe} seed 0",
