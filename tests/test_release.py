@@ -462,14 +462,15 @@ def test_a_new_unit_revision_retrains_that_unit_only(world: dict[str, Path], tmp
 
 def test_the_face_schedule_retrains_code_and_fidelity_written_before_output_fuse(tmp_path: Path) -> None:
     """Records without a revision (all before it existed) are revision 1. Code records of revision 1
-    and fidelity records before 5 count as stale (OutputFuse made code 2 and fidelity 3; the fusion
-    learning rate made fidelity 4, the gate's start 5); the prior (same file, same sha) stays current, as does a record at
+    and fidelity records before 6 count as stale (OutputFuse made code 2 and fidelity 3; the fusion
+    learning rate made fidelity 4, the gate's start 5, texture_fade 6); the prior (same file, same sha) stays current, as does a record at
     today's revision."""
     face = rel.SCHEDULES["face"]
     revision = {u.name: u.revision for u in face.units}
-    assert (revision["code-vr"], revision["fidelity-vr"], revision["fidelity-vq"]) == (2, 5, 5)
+    assert (revision["code-vr"], revision["fidelity-vr"], revision["fidelity-vq"]) == (2, 6, 6)
     assert all(face.unit(n).options["fusion_lr"] == 5e-4 == 5 * face.unit(n).lr for n in ("fidelity-vr", "fidelity-vq"))
     assert all(face.unit(n).options["gate_init"] == 0.5 for n in ("fidelity-vr", "fidelity-vq"))
+    assert all(face.unit(n).options["texture_fade"] is True for n in ("fidelity-vr", "fidelity-vq"))
     for name in ("prior", "code-vr", "code-vq"):
         (tmp_path / f"{name}.safetensors").write_bytes(name.encode())
     sha = {n: rel.sha256_file(tmp_path / f"{n}.safetensors") for n in ("prior", "code-vr", "code-vq")}
@@ -477,7 +478,7 @@ def test_the_face_schedule_retrains_code_and_fidelity_written_before_output_fuse
         "prior": {"step": 1}, "code-vr": {"upstream_sha256": sha["prior"]},
         "code-vq": {"upstream_sha256": sha["prior"], "revision": 2},
         "fidelity-vr": {"upstream_sha256": sha["code-vr"], "revision": 2},
-        "fidelity-vq": {"upstream_sha256": sha["code-vq"], "revision": 5, "recipe": "face-mix"},
+        "fidelity-vq": {"upstream_sha256": sha["code-vq"], "revision": 6, "recipe": "face-mix"},
     }}
     current = {u.name: rel.unit_current(face, u, progress, tmp_path) for u in face.units if u.name in progress["units"]}
     assert current == {"prior": True, "code-vr": False, "code-vq": True, "fidelity-vr": False, "fidelity-vq": True}

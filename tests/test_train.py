@@ -540,6 +540,9 @@ def test_fidelity_loss_scales_move_l1_and_texture_apart() -> None:
     pix, tex = fidelity_loss_scales(torch.tensor([0.0, 0.5, 1.0]), 3.0)
     assert torch.allclose(pix, torch.tensor([1.0, 2.5, 4.0])) and torch.allclose(tex, torch.tensor([1.0, 0.4, 0.25]))
     assert torch.equal(fidelity_loss_scales(torch.rand(5), 0.0)[0], torch.ones(5))
+    # --texture-fade: the texture terms also fall with (1 - w), to nothing at w = 1; L1 is unchanged
+    pix_f, tex_f = fidelity_loss_scales(torch.tensor([0.0, 0.5, 1.0]), 3.0, fade=True)
+    assert torch.equal(pix_f, pix) and torch.allclose(tex_f, torch.tensor([1.0, 0.2, 0.0]))
 
 
 def test_fidelity_stage_weights_each_sample_by_its_fidelity(data: Path, code_run: Path, tmp_path: Path,

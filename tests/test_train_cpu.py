@@ -63,11 +63,13 @@ def test_code_and_fidelity_cli_take_precision_and_schedule(data: Path, tmp_path:
     fid = tmp_path / "fid"
     rc, _, err = run_main(monkeypatch, capsys, "train", "fidelity", "--out", str(fid), "--code", str(code), *common,
                           "--precision", "fp32", "--disc-width", "8", "--adaptive-every", "2", "--perceptual", "alex",
-                          "--disc-start", "0", "--fidelity-gain", "1.5", "--fusion-lr", "3e-4", "--gate-init", "0.25")
+                          "--disc-start", "0", "--fidelity-gain", "1.5", "--fusion-lr", "3e-4", "--gate-init", "0.25",
+                          "--texture-fade")
     assert rc == 0, err
     cfg = events(fid)[0]["config"]
     assert cfg["precision"] == "fp32" and cfg["fidelity"]["disc_width"] == 8 and cfg["fidelity"]["adaptive_every"] == 2
     assert cfg["fidelity"]["fidelity_gain"] == 1.5 and cfg["fidelity"]["fusion_lr"] == 3e-4 and cfg["fidelity"]["gate_init"] == 0.25
+    assert cfg["fidelity"]["texture_fade"] is True
 
 
 def test_adaptive_weight_is_recomputed_every_n_steps(data: Path, monkeypatch: pytest.MonkeyPatch) -> None:

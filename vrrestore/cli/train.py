@@ -297,6 +297,10 @@ def fidelity(
         "How the loss follows the fidelity weight w: L1 x (1 + gain*w), perceptual and GAN / (1 + gain*w); "
         "0 = the same loss at every w (the knob then learns nothing)."
     ))] = 3.0,  # FidelityOptions.fidelity_gain (a test keeps the two equal)
+    texture_fade: Annotated[bool, typer.Option("--texture-fade/--no-texture-fade", help=(
+        "Also scale the perceptual and GAN terms by (1 - w), so w = 1 trains on L1 alone (the PSNR end "
+        "of the knob); without it w = 1 keeps 1 / (1 + gain) of them."
+    ))] = False,
     fusion_lr: Annotated[float, typer.Option("--fusion-lr", min=0.0, help=(
         "Learning rate of the fusion blocks and OutputFuse, which start as the identity and are new in "
         "this stage; 0 = --lr, the rate at which the encoder and transformer are fine-tuned."
@@ -320,6 +324,7 @@ def fidelity(
     cfg.fidelity.recipe = recipe or ""
     cfg.fidelity.disc_start = disc_start
     cfg.fidelity.fidelity_gain = fidelity_gain
+    cfg.fidelity.texture_fade = texture_fade
     cfg.fidelity.fusion_lr = fusion_lr
     cfg.fidelity.gate_init = gate_init
     cfg.fidelity.init_weights = _existing(init)

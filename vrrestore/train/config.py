@@ -77,6 +77,7 @@ class FidelityOptions:
     perceptual_net: str = "alex"
     gan_weight: float = 0.1  # times the adaptive weight, which is clamped to <= 1
     fidelity_gain: float = 3.0  # L1 x (1 + gain*w), perceptual and GAN / (1 + gain*w): see losses.fidelity_loss_scales
+    texture_fade: bool = False  # perceptual and GAN also x (1 - w): w = 1 trains on L1 alone
     # Learning rate of the fusion blocks and OutputFuse (0 = the stage's). They start as the identity
     # (last layers at zero) and are new in this stage, while the encoder and transformer are only
     # fine-tuned: at 1e-4 for 800 steps OutputFuse's last layer grew to a mean |weight| of 0.004.

@@ -668,7 +668,7 @@ class FidelityStage(_RestorerStage):
         with self.autocast():
             out = self.net(lq, w)
         img = out["image"].float()
-        pix, tex = fidelity_loss_scales(w, fo.fidelity_gain)
+        pix, tex = fidelity_loss_scales(w, fo.fidelity_gain, fo.texture_fade)
         l1_i = (img - gt).abs().mean(dim=(1, 2, 3))
         with self.autocast():
             perc_i = self.perceptual.per_sample(img, gt)
