@@ -137,7 +137,12 @@ class OutputFuse(nn.Module):
         nn.init.zeros_(self.body[-1].weight)
         nn.init.zeros_(self.body[-1].bias)
 
+    def gate(self, feat: torch.Tensor, out: torch.Tensor, lq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The per-pixel gate a on the input and the added b (bench/fidelity_probe.py reports a)."""
+        a, b = self.body(torch.cat([feat.to(out.dtype), out, lq.to(out.dtype)], dim=1)).chunk(2, dim=1)
+        return a, b
+
     def forward(self, feat: torch.Tensor, out: torch.Tensor, lq: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         lq = lq.to(out.dtype)
-        a, b = self.body(torch.cat([feat.to(out.dtype), out, lq], dim=1)).chunk(2, dim=1)
+        a, b = self.gate(feat, out, lq)
         return out + w.view(-1, 1, 1, 1).to(out.dtype) * (a * (lq - out) + b)
