@@ -59,13 +59,15 @@ def watch_gate(fuse: OutputFuse, means: list[float]) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def bypass(fuse: OutputFuse) -> Iterator[None]:
-    """OutputFuse returns the decoder's output unchanged inside the block (the fusion blocks still act)."""
-    fuse.forward = lambda feat, out, lq, w: out  # type: ignore[method-assign]
+def bypass(model: torch.nn.Module) -> Iterator[None]:
+    """The restorer without its OutputFuse inside the block (as a preset with out_fuse off runs it):
+    the decoder's own output, the fusion blocks still acting."""
+    fuse = model.out_fuse
+    model.out_fuse = None
     try:
         yield
     finally:
-        del fuse.forward
+        model.out_fuse = fuse
 
 
 def probe(desc: ModelDescriptor, dataset: Dataset, fidelities: Sequence[float], blends: Sequence[float],
@@ -95,7 +97,7 @@ def probe(desc: ModelDescriptor, dataset: Dataset, fidelities: Sequence[float], 
             if fuse is not None:
                 with watch_gate(fuse, gates):
                     run_model(desc, s.lq, size, 1.0, precision)
-                with bypass(fuse):
+                with bypass(desc.model):
                     score("w = 1, decoder only (OutputFuse bypassed)", run_model(desc, s.lq, size, 1.0, precision), gt8)
     rows = {k: {"psnr": float(np.mean([p for p, _ in v])), "ssim": float(np.mean([q for _, q in v]))} for k, v in scores.items()}
     return {"images": len(dataset.samples), "convention": convention(task, scale), "data": dataset.description,

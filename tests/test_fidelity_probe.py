@@ -62,7 +62,7 @@ def test_probe_rows_are_the_blends_they_name(probe_mod) -> None:  # noqa: ANN001
     # untrained fusion blocks: the bypassed decoder at w = 1 is the prior's output, as at w = 0
     assert rows["w = 1, decoder only (OutputFuse bypassed)"]["psnr"] == pytest.approx(rows["w = 0"]["psnr"], abs=1e-3)
     assert rows["w = 1"]["psnr"] > rows["w = 0"]["psnr"] + 3  # noisy input vs an untrained prior's face
-    assert "forward" not in vars(fuse) and not fuse._forward_hooks  # the probe leaves the model as it was
+    assert model.out_fuse is fuse and not fuse._forward_hooks  # the probe leaves the model as it was
 
 
 def test_probe_cli_writes_the_table_and_json(probe_mod, tmp_path: Path, capsys) -> None:  # noqa: ANN001

@@ -202,7 +202,7 @@ def test_fidelity_changes_output_and_zero_ignores_fusion_branch(name: str) -> No
     assert torch.allclose(per_sample[0], y0[0], atol=1e-5)
 
 
-@pytest.mark.parametrize("name", ["face-tiny", "sr-tiny"])
+@pytest.mark.parametrize("name", ["face-tiny", "sr-tiny", "face-cpu", "sr-x4-cpu"])  # OutputFuse without/with blocks
 def test_untrained_fusion_is_the_identity_at_every_fidelity_but_learns(name: str) -> None:
     """Zero-initialised scale/shift outputs: w = 1 starts as good as w = 0, and the gradient still reaches them."""
     model = build_model("FaceRestorer" if name.startswith("face") else "SRRestorer", preset(name))
@@ -244,6 +244,10 @@ def test_configs_written_before_output_fuse_build_the_model_they_were_trained_as
         model = build_model("FaceRestorer" if cls is FaceConfig else "SRRestorer", old)
         assert old.out_fuse is False and model.out_fuse is None
         assert not any(k.startswith("out_fuse.") for k in model.state_dict())
+        del data["out_fuse_width"], data["out_fuse_blocks"]  # written before OutputFuse had residual blocks
+        model = build_model("FaceRestorer" if cls is FaceConfig else "SRRestorer", config_from_dict(cls, {**data, "out_fuse": True}))
+        assert [type(m).__name__ for m in model.out_fuse.body] == ["Conv2d", "SiLU", "Conv2d"]
+        assert model.out_fuse.body[0].out_channels == 32
 
 
 def test_every_preset_builds_and_runs_at_a_tiny_size() -> None:

@@ -467,7 +467,7 @@ def test_the_face_schedule_retrains_code_and_fidelity_written_before_output_fuse
     today's revision."""
     face = rel.SCHEDULES["face"]
     revision = {u.name: u.revision for u in face.units}
-    assert (revision["code-vr"], revision["fidelity-vr"], revision["fidelity-vq"]) == (2, 6, 6)
+    assert (revision["code-vr"], revision["fidelity-vr"], revision["fidelity-vq"]) == (2, 7, 7)
     assert all(face.unit(n).options["fusion_lr"] == 5e-4 == 5 * face.unit(n).lr for n in ("fidelity-vr", "fidelity-vq"))
     assert all(face.unit(n).options["gate_init"] == 0.5 for n in ("fidelity-vr", "fidelity-vq"))
     assert all(face.unit(n).options["texture_fade"] is True for n in ("fidelity-vr", "fidelity-vq"))
@@ -478,7 +478,7 @@ def test_the_face_schedule_retrains_code_and_fidelity_written_before_output_fuse
         "prior": {"step": 1}, "code-vr": {"upstream_sha256": sha["prior"]},
         "code-vq": {"upstream_sha256": sha["prior"], "revision": 2},
         "fidelity-vr": {"upstream_sha256": sha["code-vr"], "revision": 2},
-        "fidelity-vq": {"upstream_sha256": sha["code-vq"], "revision": 6, "recipe": "face-mix"},
+        "fidelity-vq": {"upstream_sha256": sha["code-vq"], "revision": 7, "recipe": "face-mix"},
     }}
     current = {u.name: rel.unit_current(face, u, progress, tmp_path) for u in face.units if u.name in progress["units"]}
     assert current == {"prior": True, "code-vr": False, "code-vq": True, "fidelity-vr": False, "fidelity-vq": True}

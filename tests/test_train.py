@@ -644,3 +644,32 @@ def test_init_weights_from_before_output_fuse_start_the_new_model_as_the_old(tmp
     vq = build_model("FaceRestorer", dataclasses.replace(preset("face-tiny"), head="vq"))
     with pytest.raises(UsageError, match="differs in head"):
         load_restorer_weights(vq, path)
+
+
+def test_init_weights_with_an_untrained_output_fuse_fit_a_deeper_one(tmp_path: Path) -> None:
+    """A code-stage file (OutputFuse at its zero init) starts a fidelity stage whose preset has since
+    grown OutputFuse's residual blocks: the new block keeps its identity start, so the model restores
+    as the file's; a file whose OutputFuse has trained is refused (its weights would be dropped)."""
+    import dataclasses
+
+    from vrrestore.checkpoint import save_checkpoint
+    from vrrestore.errors import UsageError
+    from vrrestore.models import build_model, preset
+    from vrrestore.train.files import load_restorer_weights
+
+    torch.manual_seed(0)
+    old = build_model("FaceRestorer", dataclasses.replace(preset("face-tiny"), out_fuse_blocks=0)).eval()
+    path = save_checkpoint(old, tmp_path / "code.safetensors", dtype="fp32")
+    deeper = dataclasses.replace(preset("face-tiny"), out_fuse_width=16, out_fuse_blocks=2)
+    new = build_model("FaceRestorer", deeper).eval()
+    new.decoder.load_state_dict(old.decoder.state_dict())
+    new.quantizer.load_state_dict(old.quantizer.state_dict())
+    load_restorer_weights(new, path)
+    assert len(new.out_fuse.body) == 6 and not new.out_fuse.body[-1].weight.any()
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(new(x, 1.0), old(x, 1.0), atol=1e-6)
+        old.out_fuse.body[-1].bias[0] = 0.5  # as a fidelity stage leaves it
+    trained = save_checkpoint(old, tmp_path / "fidelity.safetensors", dtype="fp32")
+    with pytest.raises(UsageError, match="differs in out_fuse_blocks, out_fuse_width"):
+        load_restorer_weights(build_model("FaceRestorer", deeper), trained)

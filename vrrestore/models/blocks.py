@@ -123,16 +123,22 @@ class OutputFuse(nn.Module):
 
     ``out`` is the decoder's output before its pixel shuffle and ``lq`` the input image (an SR input
     upsampled to the output size) unshuffled the same way; a and b (per pixel and channel) come from
-    [decoder feature, out, lq] through two convs whose last one starts at zero. FuseBlock acts before
-    the frozen decoder, so it cannot undo what the decoder gets wrong (colours, fine identity detail);
-    the gate a can copy the input there, as the global residual of a plain restoration net does. An
+    [decoder feature, out, lq] through a conv, ``blocks`` residual blocks and a last conv that starts
+    at zero. FuseBlock acts before the frozen decoder, so it cannot undo what the decoder gets wrong
+    (colours, fine identity detail); the gate a can copy the input there, as the global residual of a
+    plain restoration net does, and b adds what neither has. Without residual blocks (the first CPU
+    models) the path learned no more than a fixed blend of the two (bench/fidelity_probe.py). An
     untrained block and w = 0 both give exactly the prior's output.
     """
 
-    def __init__(self, feat_ch: int, out_ch: int, hidden: int = 32) -> None:
+    def __init__(self, feat_ch: int, out_ch: int, hidden: int = 32, blocks: int = 0) -> None:
         super().__init__()
+        trunk: list[nn.Module] = [ResBlock(hidden) for _ in range(blocks)]
+        if blocks:
+            trunk.append(nn.SiLU())  # ResBlock is pre-activation: its output has no nonlinearity yet
         self.body = nn.Sequential(
-            nn.Conv2d(feat_ch + 2 * out_ch, hidden, 3, padding=1), nn.SiLU(), nn.Conv2d(hidden, 2 * out_ch, 3, padding=1)
+            nn.Conv2d(feat_ch + 2 * out_ch, hidden, 3, padding=1), nn.SiLU(), *trunk,
+            nn.Conv2d(hidden, 2 * out_ch, 3, padding=1),
         )
         nn.init.zeros_(self.body[-1].weight)
         nn.init.zeros_(self.body[-1].bias)

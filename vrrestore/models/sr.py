@@ -43,6 +43,9 @@ class SRConfig:
     token_merge: int = 1  # transformer on merge x merge token groups (see CodePredictor)
     # OutputFuse against the bicubic-upsampled input; False in checkpoints written before it existed
     out_fuse: bool = False
+    # OutputFuse's width and residual blocks; checkpoints written before these fields have 32 and 0
+    out_fuse_width: int = 32
+    out_fuse_blocks: int = 0
 
     @property
     def size_multiple(self) -> int:
@@ -94,7 +97,7 @@ class SRRestorer(nn.Module):
             {str(r): nn.ModuleList([nn.Conv2d(cfg.lq_channels, ch_at[r], 1), FuseBlock(ch_at[r])])
              for r in self.lq_encoder.labels if r in ch_at and r != p.latent_size}
         )
-        self.out_fuse = output_fuse(p, cfg.out_fuse)
+        self.out_fuse = output_fuse(p, cfg.out_fuse, cfg.out_fuse_width, cfg.out_fuse_blocks)
 
     @property
     def codebook(self) -> torch.Tensor:
@@ -141,7 +144,8 @@ def sr_presets() -> dict[str, SRConfig]:
     )
     small = dict(lq_channels=64, lq_blocks=2, d_model=256, n_layers=4, n_heads=8)
     # CPU preset: the face-cpu geometry (stem 4, 32x32x256 latent of a 256 px HR patch) with one res
-    # block per level, and a 3-layer transformer over 2x2 token groups: under 10 GFLOP per 64x64 LR input.
+    # block per level, and a 3-layer transformer over 2x2 token groups: under 10 GFLOP per 64x64 LR input,
+    # which leaves OutputFuse room for two 32-wide residual blocks only.
     cpu_prior = VQConfig(
         img_size=256, base_channels=64, channel_mult=(1, 2), res_blocks=1, attn_resolutions=(),
         codebook_size=1024, emb_dim=256, stem=4, mid_attn=False,
@@ -149,7 +153,7 @@ def sr_presets() -> dict[str, SRConfig]:
     return {
         "sr-x4-cpu": SRConfig(
             prior=cpu_prior, scale=4, lq_channels=64, lq_blocks=1, d_model=192, n_layers=3, n_heads=6, token_merge=2,
-            out_fuse=True,
+            out_fuse=True, out_fuse_blocks=2,
         ),
         "sr-tiny": SRConfig(prior=tiny_prior, scale=4, lq_channels=16, lq_blocks=1, d_model=64, n_layers=2, n_heads=4,
                             out_fuse=True),

@@ -46,25 +46,35 @@ def check_prior_fits(vq: VQAutoEncoder, cfg: VQConfig, path: str | os.PathLike[s
         raise UsageError(f"{path}: the prior's geometry does not match --preset; use the preset it was trained with")
 
 
+FUSE_FIELDS = ("out_fuse", "out_fuse_width", "out_fuse_blocks")  # OutputFuse's geometry
+
+
+def _untrained_fuse(model: nn.Module) -> bool:
+    """True if ``model`` has no OutputFuse or one still at its zero-init identity (the code stage's)."""
+    fuse = getattr(model, "out_fuse", None)
+    return fuse is None or not bool(fuse.body[-1].weight.any() or fuse.body[-1].bias.any())
+
+
 def load_restorer_weights(model: nn.Module, path: str | os.PathLike[str]) -> None:
     """Copy an exported restorer's weights into ``model``, except the prior's codebook and decoder
     (those come from the current prior, which may have moved on since the file was written).
-    A file from before its preset gained OutputFuse fits too: that block keeps its zero init (the
-    identity), so the model starts exactly as the file's."""
+    A file whose OutputFuse is absent (written before its preset gained it) or untrained (the code
+    stage never trains it) fits a preset with another OutputFuse geometry too: the model keeps its own
+    zero-init block (the identity), so it starts exactly as the file's."""
     src = load_checkpoint(path).model
     (src_arch, src_cfg), (arch, cfg) = architecture_of(src), architecture_of(model)
-    grown = not src_cfg.get("out_fuse") and cfg.get("out_fuse")  # the only block a file may lack
-    if grown:
-        src_cfg = {**src_cfg, "out_fuse": True}
+    refit = _untrained_fuse(src) and any(src_cfg.get(k) != cfg.get(k) for k in FUSE_FIELDS)
+    if refit:
+        src_cfg = {**src_cfg, **{k: cfg.get(k) for k in FUSE_FIELDS}}
     if src_arch != arch or src_cfg != cfg:
         fields = sorted(k for k in {*src_cfg, *cfg} if src_cfg.get(k) != cfg.get(k))
         raise UsageError(f"{path}: --init is not this stage's model ({src_arch} vs {arch}"
                          f"{'; differs in ' + ', '.join(fields) if fields else ''})")
-    state = {k: v for k, v in src.state_dict().items() if not k.startswith(PRIOR_PARTS)}
+    skip = (*PRIOR_PARTS, "out_fuse.") if refit else PRIOR_PARTS
+    state = {k: v for k, v in src.state_dict().items() if not k.startswith(skip)}
     with torch.no_grad():
         result = model.load_state_dict(state, strict=False)
-    allowed = (*PRIOR_PARTS, "out_fuse.") if grown else PRIOR_PARTS
-    if result.unexpected_keys or any(not k.startswith(allowed) for k in result.missing_keys):
+    if result.unexpected_keys or any(not k.startswith(skip) for k in result.missing_keys):
         raise UsageError(f"{path}: --init tensors do not match this stage's model")
 
 
