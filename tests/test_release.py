@@ -282,6 +282,8 @@ def test_data_entries_resolve_under_the_data_root_the_cache_or_as_absolute(tmp_p
     (tmp_path / "cache" / "data" / "wallpapers").mkdir(parents=True)
     cfg = rel.unit_config(sch, sch.units[0], tmp_path / "run", root)
     assert cfg.data == (str(root / "train"), str(tmp_path / "cache/data/wallpapers"), str(tmp_path / "abs"))
+    monkeypatch.chdir(tmp_path)  # a relative root is resolved: a resumed state keeps its saved data paths
+    assert rel.unit_config(sch, sch.units[0], tmp_path / "run", Path("data")).data == cfg.data
 
 
 def test_sr_schedule_is_the_face_chain_on_sr_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -348,8 +348,11 @@ def _stale_reason(schedule: Schedule, unit: Unit, rec: dict[str, Any], out_dir: 
 
 
 def unit_config(schedule: Schedule, unit: Unit, run_dir: Path, data_root: Path) -> TrainConfig:
+    # Absolute data paths: a resumed state keeps its saved data (loop._adopt_saved), and a relative one
+    # (the default root is ../shared/data) broke a resume from another working directory.
+    root = data_root.resolve()
     cfg = TrainConfig(
-        stage=unit.stage, data=tuple(str(data_path(d, data_root, check=True)) for d in schedule.data), out=str(run_dir),
+        stage=unit.stage, data=tuple(str(data_path(d, root, check=True)) for d in schedule.data), out=str(run_dir),
         preset=schedule.preset, steps=unit.steps, batch_size=schedule.batch_size, lr=unit.lr, seed=schedule.seed,
         workers=1, warmup_steps=unit.warmup_steps, cosine=unit.cosine, ckpt_every=250, progress=False,
     )
