@@ -204,6 +204,28 @@ def test_cli_release_runs_schedules_in_order_within_one_budget(
     assert checked == ["face", "sr"] and calls == [("face", 60.0, "face"), ("sr", 35.0, "sr")]
 
 
+def test_cli_release_units_limits_what_trains(
+    world: dict[str, Path], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--units fidelity-vr,fidelity-vq` reaches every schedule's run; an unknown unit is one line, exit 2."""
+    seen: list[tuple[str, tuple[str, ...]]] = []
+    monkeypatch.setattr(rel, "run", lambda sch, *_a, only=(), **_k: seen.append((sch.name, only)) or [])
+    monkeypatch.setattr(rel, "check_data", lambda *_a: None)
+    out = str(world["out"].parent)
+    code, _, err = run_main(monkeypatch, capsys, "train", "release", "face", "sr", "--minutes", "60", "--out", out,
+                            "--units", "fidelity-vr, fidelity-vq")
+    assert code == 0, err
+    assert seen == [("face", ("fidelity-vr", "fidelity-vq")), ("sr", ("fidelity-vr", "fidelity-vq"))]
+    seen.clear()
+    code, _, _ = run_main(monkeypatch, capsys, "train", "release", "face", "--minutes", "60", "--out", out)
+    assert code == 0 and seen == [("face", ())]
+    for bad in ("fidelity-xx", ","):
+        code, _, err = run_main(monkeypatch, capsys, "train", "release", "sr", "--minutes", "60", "--out", out, "--units", bad)
+        assert code == 2 and "--units" in err and "fidelity-vr" in err and len(err.strip().splitlines()) == 1, err
+    code, _, err = run_main(monkeypatch, capsys, "train", "release", "sr", "--minutes", "60", "--out", out, "--units", "plain")
+    assert code == 2 and "'plain'" in err  # the sr schedule has no plain baseline
+
+
 def test_missing_data_is_found_before_any_training(
     world: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -465,11 +487,12 @@ def test_a_new_unit_revision_retrains_that_unit_only(world: dict[str, Path], tmp
 def test_the_face_schedule_retrains_code_and_fidelity_written_before_output_fuse(tmp_path: Path) -> None:
     """Records without a revision (all before it existed) are revision 1. Code records of revision 1
     and fidelity records before 6 count as stale (OutputFuse made code 2 and fidelity 3; the fusion
-    learning rate made fidelity 4, the gate's start 5, texture_fade 6); the prior (same file, same sha) stays current, as does a record at
+    learning rate made fidelity 4, the gate's start 5, texture_fade 6, OutputFuse's residual blocks 7, and
+    actually building them over an older code stage 8); the prior (same file, same sha) stays current, as does a record at
     today's revision."""
     face = rel.SCHEDULES["face"]
     revision = {u.name: u.revision for u in face.units}
-    assert (revision["code-vr"], revision["fidelity-vr"], revision["fidelity-vq"]) == (2, 7, 7)
+    assert (revision["code-vr"], revision["fidelity-vr"], revision["fidelity-vq"]) == (2, 8, 8)
     assert all(face.unit(n).options["fusion_lr"] == 5e-4 == 5 * face.unit(n).lr for n in ("fidelity-vr", "fidelity-vq"))
     assert all(face.unit(n).options["gate_init"] == 0.5 for n in ("fidelity-vr", "fidelity-vq"))
     assert all(face.unit(n).options["texture_fade"] is True for n in ("fidelity-vr", "fidelity-vq"))
@@ -480,10 +503,13 @@ def test_the_face_schedule_retrains_code_and_fidelity_written_before_output_fuse
         "prior": {"step": 1}, "code-vr": {"upstream_sha256": sha["prior"]},
         "code-vq": {"upstream_sha256": sha["prior"], "revision": 2},
         "fidelity-vr": {"upstream_sha256": sha["code-vr"], "revision": 2},
-        "fidelity-vq": {"upstream_sha256": sha["code-vq"], "revision": 7, "recipe": "face-mix"},
+        "fidelity-vq": {"upstream_sha256": sha["code-vq"], "revision": 8, "recipe": "face-mix"},
     }}
     current = {u.name: rel.unit_current(face, u, progress, tmp_path) for u in face.units if u.name in progress["units"]}
     assert current == {"prior": True, "code-vr": False, "code-vq": True, "fidelity-vr": False, "fidelity-vq": True}
+    # revision 7 trained the code stage's old two-conv OutputFuse: stale
+    progress["units"]["fidelity-vq"]["revision"] = 7
+    assert not rel.unit_current(face, face.unit("fidelity-vq"), progress, tmp_path)
 
 
 def test_seconds_add_up_across_a_new_machine_and_an_exact_resume_there(world: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:

@@ -24,7 +24,7 @@ from vrrestore.train import ckpt as train_ckpt
 from vrrestore.train.config import CodeOptions, FidelityOptions, PriorOptions
 from vrrestore.train.losses import fidelity_loss_scales
 from vrrestore.train.precondition import WhitenedVR, fold_heads, whitening_matrix
-from vrrestore.train.stages import CodeStage, FidelityStage, PriorStage, Runtime
+from vrrestore.train.stages import CodeStage, FidelityStage, PriorStage, Runtime, build_restorer
 
 CPU = Runtime(torch.device("cpu"), say=lambda _s: None)
 SIZE = 32
@@ -77,6 +77,14 @@ def prior_run(data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 def code_run(data: Path, prior_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("code")
     train(cfg_for("code", data, out, steps=3, code=CodeOptions(init=str(prior_run), precondition="whiten")))
+    return out
+
+
+@pytest.fixture(scope="module")
+def code_run_vr(data: Path, prior_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A code stage without whitening: what the release schedules train, and what --init continues."""
+    out = tmp_path_factory.mktemp("code_vr")
+    train(cfg_for("code", data, out, steps=2, code=CodeOptions(init=str(prior_run))))
     return out
 
 
@@ -593,6 +601,74 @@ def test_fusion_lr_trains_the_new_blocks_faster(data: Path, code_run: Path, tmp_
         st.train_step(batch, 0)
         moved[name] = (st.restorer.out_fuse.body[-1].weight.detach() - before).abs().max().item()
     assert moved["fast"] > 5 * moved["plain"] > 0  # Adam's first step moves each weight by about the rate
+
+
+def test_decoder_lr_trains_the_decoder_in_its_own_group(data: Path, code_run_vr: Path, tmp_path: Path) -> None:
+    """--decoder-lr: the prior's decoder, frozen by default, trains at its own rate (the fusion blocks
+    keep theirs); the codebook stays frozen; a continuation (--init) takes the file's trained decoder
+    only when the decoder trains, and the current prior's otherwise."""
+    from vrrestore.checkpoint import save_checkpoint
+
+    def stage_with(decoder_lr: float, init: str = "") -> FidelityStage:
+        torch.manual_seed(0)
+        cfg = cfg_for("fidelity", data, tmp_path / f"d{decoder_lr}{bool(init)}", lr=1e-4, fidelity=FidelityOptions(
+            init=str(code_run_vr), perceptual_weight=0, gan_weight=0, fusion_lr=1e-3, decoder_lr=decoder_lr, init_weights=init))
+        return FidelityStage(cfg, CPU)
+
+    frozen, trained = stage_with(0.0), stage_with(3e-4)
+    assert len(frozen.optims["g"].param_groups) == 2 and not any(p.requires_grad for p in frozen.restorer.decoder.parameters())
+    rest, fusion, dec = trained.optims["g"].param_groups
+    assert (rest["initial_lr"], fusion["initial_lr"], dec["initial_lr"]) == (1e-4, 1e-3, 3e-4)
+    assert {id(p) for p in dec["params"]} == {id(p) for p in trained.restorer.decoder.parameters()}
+    assert not any(p.requires_grad for p in trained.restorer.quantizer.parameters())
+    batch = fixed_batch(data, "face")
+    moved = {}
+    for name, st in (("frozen", frozen), ("trained", trained)):
+        before = st.restorer.decoder.conv_out.weight.detach().clone()
+        st.train_step(batch, 0)
+        moved[name] = (st.restorer.decoder.conv_out.weight.detach() - before).abs().max().item()
+    assert moved["frozen"] == 0.0 and moved["trained"] > 1e-5
+    # the exported file of a run that trained its decoder continues with that decoder
+    path = save_checkpoint(trained.restorer, tmp_path / "fid.safetensors", dtype="fp32")
+    want = trained.restorer.decoder.conv_out.weight.detach()
+    again = stage_with(3e-4, init=str(path)).restorer.decoder.conv_out.weight.detach()
+    prior_dec = stage_with(0.0, init=str(path)).restorer.decoder.conv_out.weight.detach()
+    assert torch.allclose(again, want) and not torch.allclose(prior_dec, want)
+    assert torch.equal(prior_dec, frozen.restorer.decoder.conv_out.weight)  # the code stage's (the prior's) decoder
+
+
+def test_fidelity_stage_builds_the_presets_output_fuse_over_an_older_code_stage(
+    data: Path, code_run_vr: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The code stage never trains OutputFuse, so a code stage written before its preset's OutputFuse
+    changed (residual blocks added) starts the fidelity stage with the preset's block, at the identity:
+    the output is the code stage's at every w. A trained block in the code state is kept as it was."""
+    import dataclasses
+
+    from vrrestore.train import stages as stages_mod
+
+    real = stages_mod.get_preset
+    deeper = dataclasses.replace(real("face-tiny"), out_fuse_blocks=1, out_fuse_width=16)
+    monkeypatch.setattr(stages_mod, "get_preset", lambda name: deeper if name == "face-tiny" else real(name))
+    init = train_ckpt.load(code_run_vr / "code.pt", "code")
+    cfg = cfg_for("fidelity", data, tmp_path / "f", fidelity=FidelityOptions(init=str(code_run_vr), perceptual_weight=0, gan_weight=0))
+    stage = FidelityStage(cfg, CPU, init)
+    fuse = stage.restorer.out_fuse
+    assert len(fuse.body) == 5 and fuse.body[0].out_channels == 16  # conv, SiLU, ResBlock, SiLU, conv
+    code_model = build_restorer(init["model"], "none")
+    code_model.load_state_dict(init["ema"]["model"])
+    x = fixed_batch(data, "face")["lq"]
+    with torch.no_grad():
+        for w in (0.0, 1.0):
+            assert torch.allclose(stage.restorer.eval()(x, w), code_model.eval()(x, w), atol=1e-6)
+    assert stage.train_step(fixed_batch(data, "face"), 0)["loss"] > 0
+    # a trained block (not what a code stage writes) is not replaced
+    trained = {**init, "ema": {"model": dict(init["ema"]["model"])}}
+    last = max(int(k.split(".")[2]) for k in trained["ema"]["model"] if k.startswith("out_fuse.body."))
+    trained["ema"]["model"][f"out_fuse.body.{last}.bias"] = torch.full_like(init["ema"]["model"][f"out_fuse.body.{last}.bias"], 0.1)
+    kept = FidelityStage(cfg_for("fidelity", data, tmp_path / "g", fidelity=FidelityOptions(
+        init=str(code_run_vr), perceptual_weight=0, gan_weight=0)), CPU, trained)
+    assert kept.restorer.cfg.out_fuse_blocks == 0 and torch.equal(kept.restorer.out_fuse.body[-1].bias, trained["ema"]["model"][f"out_fuse.body.{last}.bias"])
 
 
 def test_gate_init_starts_output_fuse_as_a_blend_of_decoder_and_input(data: Path, code_run: Path, tmp_path: Path) -> None:

@@ -64,12 +64,12 @@ def test_code_and_fidelity_cli_take_precision_and_schedule(data: Path, tmp_path:
     rc, _, err = run_main(monkeypatch, capsys, "train", "fidelity", "--out", str(fid), "--code", str(code), *common,
                           "--precision", "fp32", "--disc-width", "8", "--adaptive-every", "2", "--perceptual", "alex",
                           "--disc-start", "0", "--fidelity-gain", "1.5", "--fusion-lr", "3e-4", "--gate-init", "0.25",
-                          "--texture-fade")
+                          "--texture-fade", "--decoder-lr", "2e-5")
     assert rc == 0, err
     cfg = events(fid)[0]["config"]
     assert cfg["precision"] == "fp32" and cfg["fidelity"]["disc_width"] == 8 and cfg["fidelity"]["adaptive_every"] == 2
     assert cfg["fidelity"]["fidelity_gain"] == 1.5 and cfg["fidelity"]["fusion_lr"] == 3e-4 and cfg["fidelity"]["gate_init"] == 0.25
-    assert cfg["fidelity"]["texture_fade"] is True
+    assert cfg["fidelity"]["texture_fade"] is True and cfg["fidelity"]["decoder_lr"] == 2e-5
 
 
 def test_adaptive_weight_is_recomputed_every_n_steps(data: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -175,15 +175,19 @@ def test_max_pixels_flag_skips_big_training_images(tmp_path: Path, monkeypatch: 
     assert not any("im0" in t for t in texts)
 
 
-def _bf16_quality():  # noqa: ANN202 - the bench script, imported as a module
+def _bench(name: str):  # noqa: ANN202 - a bench script, imported as a module
     import importlib
     import sys
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
     try:
-        return importlib.import_module("bf16_quality")
+        return importlib.import_module(name)
     finally:
         sys.path.pop(0)
+
+
+def _bf16_quality():  # noqa: ANN202
+    return _bench("bf16_quality")
 
 
 def test_bf16_quality_refuses_where_auto_would_not_pick_bf16(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
@@ -234,3 +238,65 @@ def test_bf16_quality_trains_the_release_prior_recipe_in_both_precisions(monkeyp
     rep = json.loads(out.read_text())
     assert rep["delta_db"] == pytest.approx(-0.1) and rep["speedup"] == pytest.approx(2.5)
     assert "-0.10 dB (within 0.2 dB)" in (tmp_path / "q.md").read_text()
+
+
+def test_fidelity_variants_train_the_release_unit_with_each_variants_options(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Every variant starts from the committed code/prior files with the unit's recipe, seed and options,
+    only the named fields replaced; bad variants and missing files are one-line errors (exit 2)."""
+    import importlib
+
+    from vrrestore.train import release
+
+    mod = _bench("fidelity_variants")
+    export_mod = importlib.import_module("vrrestore.train.export")
+    seen: list[tuple[TrainConfig, dict]] = []
+
+    def fake_train(cfg: TrainConfig, **k: object) -> loop.TrainResult:
+        seen.append((cfg, k["init_state"]))  # type: ignore[arg-type]
+        return loop.TrainResult(Path(cfg.out) / "fidelity.pt", cfg.steps, 20.0, "done", {}, 1.0)
+
+    monkeypatch.setattr(loop, "train", fake_train)
+    monkeypatch.setattr(export_mod, "export", lambda _ckpt, out, _dtype: Path(out))
+    monkeypatch.setattr(release, "code_state_from_files", lambda code, prior, _cfg: {"code": code.name, "prior": prior.name})
+    scores = iter([25.0, 25.5, 26.0, 25.1, 26.1, 26.9])
+
+    def fake_eval(_file: Path, _s: object, _r: object, ws: tuple[float, ...]) -> dict:
+        ev: dict = {"images": 2, "recipe": "face-eval", "input": {"psnr": 25.13, "ssim": 0.75, "lpips_alex": 0.57}}
+        for w in ws:
+            ev[f"w{w:g}"] = {"psnr": next(scores), "ssim": 0.76, "lpips_alex": 0.15}
+        return ev
+
+    monkeypatch.setattr(release, "evaluate_restorer", fake_eval)
+    with pytest.raises(SystemExit):
+        mod.main(["--variant", "decoder_rate=1e-4"])
+    assert "decoder_rate=1e-4" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        mod.main(["--variant", "texture_fade=maybe"])
+    rel = tmp_path / "release"
+    data = tmp_path / "data"
+    for d in ("packs", "faces_hq/train", "faces_hq/test/london_canada_256"):
+        (data / d).mkdir(parents=True)
+    (data / "packs" / "faces_train_256.tar").write_bytes(b"")
+    assert mod.main(["--release", str(rel), "--data-root", str(data)]) == 2 and not seen
+    assert "code-vr.safetensors: not found" in capsys.readouterr().err
+    (rel / "face").mkdir(parents=True)
+    for f in ("code-vr", "prior"):
+        (rel / "face" / f"{f}.safetensors").write_bytes(b"")
+    out = tmp_path / "v.json"
+    assert mod.main(["--release", str(rel), "--data-root", str(data), "--steps", "5", "--variant", "base",
+                     "--variant", "decoder_lr=1e-4,texture_fade=false", "--json", str(out)]) == 0
+    unit = release.SCHEDULES["face"].unit("fidelity-vr")
+    (base, init0), (dec, _) = seen
+    assert init0 == {"code": "code-vr.safetensors", "prior": "prior.safetensors"}
+    for c in (base, dec):
+        assert (c.steps, c.seed, c.lr, c.fidelity.recipe) == (5, 0, unit.lr, "face-mix")
+        assert c.fidelity.fusion_lr == unit.options["fusion_lr"] and c.fidelity.gate_init == unit.options["gate_init"]
+    assert (base.fidelity.decoder_lr, base.fidelity.texture_fade) == (0.0, True)
+    assert (dec.fidelity.decoder_lr, dec.fidelity.texture_fade) == (1e-4, False)
+    table = capsys.readouterr().out
+    assert "| base | 2.0 | 25.00 / 25.50 / 26.00 |" in table and "| decoder_lr=1e-4,texture_fade=false | 2.0 | 25.10 / 26.10 / 26.90 |" in table
+    assert "| input | | 25.13 |" in table
+    rows = json.loads(out.read_text())["rows"]
+    assert rows[1]["options"] == {"decoder_lr": 1e-4, "texture_fade": False}

@@ -309,6 +309,10 @@ def fidelity(
         "Where OutputFuse's input gate starts when the block is untrained: at w = 1 the first output is "
         "this blend of the decoder's output and the input (0 = the decoder's output)."
     ))] = 0.0,
+    decoder_lr: Annotated[float, typer.Option("--decoder-lr", min=0.0, help=(
+        "Learning rate of the prior's decoder in this stage; 0 = frozen (CodeFormer's choice). Trained, "
+        "it learns to restore with the fusion blocks instead of only decoding the predicted feature."
+    ))] = 0.0,
     max_pixels: MaxPixels = None,
 ) -> None:
     """Stage 3: train the fusion blocks (and fine-tune encoder/transformer) with image losses at a
@@ -327,6 +331,7 @@ def fidelity(
     cfg.fidelity.texture_fade = texture_fade
     cfg.fidelity.fusion_lr = fusion_lr
     cfg.fidelity.gate_init = gate_init
+    cfg.fidelity.decoder_lr = decoder_lr
     cfg.fidelity.init_weights = _existing(init)
     _run(cfg, resume)
 
@@ -387,6 +392,10 @@ def release(
         "Folder the schedule's data paths are relative to (default $VRRESTORE_DATA or ../shared/data)."
     ))] = None,
     status: Annotated[bool, typer.Option("--status", help="Print each schedule's progress and exit.")] = False,
+    units: Annotated[Optional[str], typer.Option("--units", help=(
+        "Train only these units, comma-separated (say fidelity-vr,fidelity-vq: the plain baseline waits);"
+        " a unit whose upstream is unfinished still waits for it. Default: every unit, in schedule order."
+    ))] = None,
 ) -> None:
     """Do the next pieces of release schedules (prior -> code-vr -> fidelity-vr -> code-vq -> fidelity-vq, then the
     face schedule's plain baseline) within one wall-clock budget."""
@@ -409,6 +418,11 @@ def release(
         return
     if minutes is None:
         raise UsageError(f"release {' '.join(schedules)}: pass --minutes (the wall-clock budget), or --status to see the progress")
+    only = tuple(u.strip() for u in units.split(",") if u.strip()) if units else ()
+    known = {u.name for name in schedules for u in rel.SCHEDULES[name].units}
+    if units is not None and (not only or any(u not in known for u in only)):
+        bad = next((u for u in only if u not in known), units)
+        raise UsageError(f"--units {units}: unknown unit {bad!r}; the units are {', '.join(sorted(known))}")
     for name in schedules:  # every schedule's data first: a later one's gap would show only hours later
         sch = rel.SCHEDULES[name]
         if not all(rel.unit_done(u, rel.load_progress(out / sch.name, sch)) for u in sch.units):
@@ -419,7 +433,8 @@ def release(
         out_dir = out / sch.name
         left = max(0.0, deadline - time.monotonic()) / 60.0
         tag = f"[{name}] " if len(schedules) > 1 else ""
-        results = rel.run(sch, left, out_dir, state, data_root, say=lambda s, tag=tag: err_console.print(tag + s, highlight=False))
+        results = rel.run(sch, left, out_dir, state, data_root, say=lambda s, tag=tag: err_console.print(tag + s, highlight=False),
+                          only=only)
         progress = rel.load_progress(out_dir, sch)
         if not results and all(rel.unit_done(u, progress) for u in sch.units):
             err_console.print(f"release {name}: nothing left to train in {out_dir}", highlight=False)

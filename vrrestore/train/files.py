@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -49,28 +51,46 @@ def check_prior_fits(vq: VQAutoEncoder, cfg: VQConfig, path: str | os.PathLike[s
 FUSE_FIELDS = ("out_fuse", "out_fuse_width", "out_fuse_blocks")  # OutputFuse's geometry
 
 
-def _untrained_fuse(model: nn.Module) -> bool:
-    """True if ``model`` has no OutputFuse or one still at its zero-init identity (the code stage's)."""
-    fuse = getattr(model, "out_fuse", None)
-    return fuse is None or not bool(fuse.body[-1].weight.any() or fuse.body[-1].bias.any())
+def untrained_fuse(state: Mapping[str, torch.Tensor]) -> bool:
+    """True if a restorer's state dict has no OutputFuse or one still at its zero-init identity (the
+    code stage's: it runs at w = 0, where OutputFuse gets no gradient)."""
+    last = max((int(k.split(".")[2]) for k in state if k.startswith("out_fuse.body.")), default=None)
+    return last is None or not any(bool(state[f"out_fuse.body.{last}.{p}"].any()) for p in ("weight", "bias"))
 
 
-def load_restorer_weights(model: nn.Module, path: str | os.PathLike[str]) -> None:
+def output_fuse_as_preset(
+    config: Mapping[str, Any], state: Mapping[str, torch.Tensor], preset_config: Any,
+) -> tuple[dict[str, Any], dict[str, torch.Tensor], bool]:
+    """A restorer's (config, state) with OutputFuse's geometry as ``preset_config`` has it, where its
+    own block is untrained: the state then drops the old block, so the model builds a fresh one (the
+    identity) and starts exactly as the file. A trained block, or the same geometry, is kept. Returns
+    (config, state, refitted)."""
+    have = config_to_dict(config_from_dict(type(preset_config), dict(config)))
+    want = config_to_dict(preset_config)
+    if all(have.get(k) == want.get(k) for k in FUSE_FIELDS) or not untrained_fuse(state):
+        return dict(config), dict(state), False
+    return ({**have, **{k: want[k] for k in FUSE_FIELDS}},
+            {k: v for k, v in state.items() if not k.startswith("out_fuse.")}, True)
+
+
+def load_restorer_weights(model: nn.Module, path: str | os.PathLike[str], with_decoder: bool = False) -> None:
     """Copy an exported restorer's weights into ``model``, except the prior's codebook and decoder
-    (those come from the current prior, which may have moved on since the file was written).
+    (those come from the current prior, which may have moved on since the file was written); with
+    ``with_decoder`` the file's decoder too (a fidelity stage that trains it continues from its own).
     A file whose OutputFuse is absent (written before its preset gained it) or untrained (the code
     stage never trains it) fits a preset with another OutputFuse geometry too: the model keeps its own
     zero-init block (the identity), so it starts exactly as the file's."""
     src = load_checkpoint(path).model
     (src_arch, src_cfg), (arch, cfg) = architecture_of(src), architecture_of(model)
-    refit = _untrained_fuse(src) and any(src_cfg.get(k) != cfg.get(k) for k in FUSE_FIELDS)
+    refit = untrained_fuse(src.state_dict()) and any(src_cfg.get(k) != cfg.get(k) for k in FUSE_FIELDS)
     if refit:
         src_cfg = {**src_cfg, **{k: cfg.get(k) for k in FUSE_FIELDS}}
     if src_arch != arch or src_cfg != cfg:
         fields = sorted(k for k in {*src_cfg, *cfg} if src_cfg.get(k) != cfg.get(k))
         raise UsageError(f"{path}: --init is not this stage's model ({src_arch} vs {arch}"
                          f"{'; differs in ' + ', '.join(fields) if fields else ''})")
-    skip = (*PRIOR_PARTS, "out_fuse.") if refit else PRIOR_PARTS
+    prior_parts = tuple(p for p in PRIOR_PARTS if not (with_decoder and p == "decoder."))
+    skip = (*prior_parts, "out_fuse.") if refit else prior_parts
     state = {k: v for k, v in src.state_dict().items() if not k.startswith(skip)}
     with torch.no_grad():
         result = model.load_state_dict(state, strict=False)

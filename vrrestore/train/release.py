@@ -157,8 +157,11 @@ def release_units(prior: int, code: int, fidelity: int, disc_start: int) -> tupl
     # fidelity 6: w = 1 trains on L1 alone (texture_fade), since with a quarter of the perceptual and GAN
     # terms left there, 800 face steps took w = 1 from its start (26.3 dB, the 50/50 blend) to 25.9;
     # fidelity 7: the CPU presets' OutputFuse gained residual blocks (it had learned no more than a fixed
-    # blend); the code stage, which never trains OutputFuse, keeps its files (files.load_restorer_weights)
-    revision = {"code": 2, "fidelity": 7}
+    # blend); the code stage, which never trains OutputFuse, keeps its files (files.load_restorer_weights);
+    # fidelity 8: revision 7 built its restorer from the code stage's file, whose config still had the
+    # two-conv block, so its units trained the old OutputFuse; the stage now takes the preset's geometry
+    # over an untrained block (files.output_fuse_as_preset)
+    revision = {"code": 2, "fidelity": 8}
     return (
         Unit("prior", prior, lr=2e-4, warmup_steps=100, options=dict(_PRIOR_OPTS, disc_start=disc_start)),
         *(Unit(stage, steps, head, lr=rates[stage][0], warmup_steps=rates[stage][1], options=dict(rates[stage][2]),  # type: ignore[arg-type]

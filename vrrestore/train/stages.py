@@ -45,6 +45,7 @@ from .files import (
     load_plain_weights,
     load_prior_file,
     load_restorer_weights,
+    output_fuse_as_preset,
 )
 from .losses import (
     Perceptual,
@@ -585,19 +586,28 @@ class FidelityStage(_RestorerStage):
         _resolve_preset(cfg, init_state)
         code_cfg = TrainConfig.from_dict(init_state["config"])
         self.code_opts = code_cfg.code
-        meta = init_state["model"]
+        # The code stage never trains OutputFuse, so this stage builds the block its preset has now: a
+        # code stage written before the preset's OutputFuse changed would otherwise fix the old one
+        # (fidelity revision 7 trained the two-conv block so, where the preset had residual blocks).
+        config, weights, refit = output_fuse_as_preset(init_state["model"]["config"], init_state["ema"]["model"],
+                                                       get_preset(cfg.preset))
+        meta = {**init_state["model"], "config": config}
         model_cfg = config_from_dict(type(get_preset(cfg.preset)), meta["config"])
         self.recipe = fo.recipe or code_cfg.code.recipe or default_recipe(model_cfg)
         check_recipe_scale(self.recipe, model_cfg, cfg.preset)
         self.setup_restorer(meta, meta.get("precondition", "none"))
-        self.restorer.load_state_dict(init_state["ema"]["model"])
+        missing, unexpected = self.restorer.load_state_dict(weights, strict=False)
+        if unexpected or any(not (refit and k.startswith("out_fuse.")) for k in missing):
+            raise UsageError(f"{fo.init or 'the code stage'}: its weights do not fit {cfg.preset}'s restorer")
         if fo.init_weights:
             if self.precondition == "whiten" and self.model_cfg.head == "vr":
                 raise UsageError("fidelity --init: not supported after a whitened code stage; pass --init to `train code`")
-            load_restorer_weights(self.restorer, fo.init_weights)
+            load_restorer_weights(self.restorer, fo.init_weights, with_decoder=fo.decoder_lr > 0)
         if fo.gate_init:
             self._start_gate(fo.gate_init)
         self.freeze_prior_parts()
+        if fo.decoder_lr > 0:
+            self.restorer.decoder.requires_grad_(True)
         prior = VQAutoEncoder(self.model_cfg.prior)
         prior.load_state_dict(init_state["frozen"]["prior"])
         self.prepare_targets(prior)
@@ -607,7 +617,7 @@ class FidelityStage(_RestorerStage):
         self.net = self.wrap(RestoreNet(self.restorer, fo.detach_code))
         self.disc_ddp = self.wrap(self.disc)
         self.nets = {"restorer": self.restorer, "disc": self.disc}
-        self.add_optim("g", self._param_groups(fo.fusion_lr), cfg.learning_rate, (0.9, 0.99))
+        self.add_optim("g", self._param_groups(fo.fusion_lr, fo.decoder_lr), cfg.learning_rate, (0.9, 0.99))
         self.add_optim("d", list(self.disc.parameters()), cfg.learning_rate, (0.9, 0.99))
         self.perceptual = Perceptual(fo.perceptual_weight, rt.device, rt.say, fo.perceptual_net)
         self.ema = ModelEMA(self.restorer, cfg.ema_decay)
@@ -631,16 +641,19 @@ class FidelityStage(_RestorerStage):
         with torch.no_grad():
             last.bias[: last.bias.numel() // 2] = value  # the first half of the channels is a, the second b
 
-    def _param_groups(self, fusion_lr: float) -> list[dict[str, Any]]:
-        """The fusion blocks and OutputFuse (new in this stage) at ``fusion_lr``; everything else that
-        trains (the fine-tuned encoder, transformer and head) at the stage's rate. One group when the
-        rates are the same, so runs saved before the option existed resume."""
-        trained = [p for p in self.restorer.parameters() if p.requires_grad]
-        if not fusion_lr or fusion_lr == self.cfg.learning_rate:
-            return [{"params": trained}]
-        fusion = {id(p) for m in (self.restorer.fuse, self.restorer.out_fuse) if m is not None for p in m.parameters()}
-        groups = [{"params": [p for p in trained if id(p) not in fusion]},
-                  {"params": [p for p in trained if id(p) in fusion], "lr": fusion_lr}]
+    def _param_groups(self, fusion_lr: float, decoder_lr: float = 0.0) -> list[dict[str, Any]]:
+        """The fusion blocks and OutputFuse (new in this stage) at ``fusion_lr``, the decoder (if it
+        trains) at ``decoder_lr``; everything else that trains (the fine-tuned encoder, transformer and
+        head) at the stage's rate. One group when the rates are the same, so runs saved before the
+        options existed resume."""
+        r = self.restorer
+        trained = [p for p in r.parameters() if p.requires_grad]
+        own = {"fusion": (fusion_lr, [r.fuse, r.out_fuse]), "decoder": (decoder_lr, [r.decoder])}
+        ids = {k: {id(p) for m in mods if m is not None for p in m.parameters()}
+               for k, (lr, mods) in own.items() if lr and lr != self.cfg.learning_rate}
+        taken = set().union(*ids.values())
+        groups = [{"params": [p for p in trained if id(p) not in taken]}]
+        groups += [{"params": [p for p in trained if id(p) in ids[k]], "lr": own[k][0]} for k in ids]
         return [g for g in groups if g["params"]]
 
     def _last_fuse_weight(self) -> nn.Parameter | None:
