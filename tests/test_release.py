@@ -224,6 +224,9 @@ def test_cli_release_units_limits_what_trains(
         assert code == 2 and "--units" in err and "fidelity-vr" in err and len(err.strip().splitlines()) == 1, err
     code, _, err = run_main(monkeypatch, capsys, "train", "release", "sr", "--minutes", "60", "--out", out, "--units", "plain")
     assert code == 2 and "'plain'" in err  # the sr schedule has no plain baseline
+    monkeypatch.setattr(rel, "unit_done", lambda u, _p: u.name == "fidelity-vr")  # only the named unit is done
+    code, _, err = run_main(monkeypatch, capsys, "train", "release", "sr", "--minutes", "60", "--out", out, "--units", "fidelity-vr")
+    assert code == 0 and "nothing left to train among --units fidelity-vr" in " ".join(err.split())
 
 
 def test_missing_data_is_found_before_any_training(

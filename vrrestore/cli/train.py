@@ -436,8 +436,9 @@ def release(
         results = rel.run(sch, left, out_dir, state, data_root, say=lambda s, tag=tag: err_console.print(tag + s, highlight=False),
                           only=only)
         progress = rel.load_progress(out_dir, sch)
-        if not results and all(rel.unit_done(u, progress) for u in sch.units):
-            err_console.print(f"release {name}: nothing left to train in {out_dir}", highlight=False)
+        if not results and all(rel.unit_done(u, progress) for u in sch.units if not only or u.name in only):
+            which = f" among --units {units}" if only else ""
+            err_console.print(f"release {name}: nothing left to train{which} in {out_dir}", highlight=False)
 
 
 @app.command("publish")

@@ -89,7 +89,7 @@ def load_restorer_weights(model: nn.Module, path: str | os.PathLike[str], with_d
         fields = sorted(k for k in {*src_cfg, *cfg} if src_cfg.get(k) != cfg.get(k))
         raise UsageError(f"{path}: --init is not this stage's model ({src_arch} vs {arch}"
                          f"{'; differs in ' + ', '.join(fields) if fields else ''})")
-    prior_parts = tuple(p for p in PRIOR_PARTS if not (with_decoder and p == "decoder."))
+    prior_parts = ("quantizer.",) if with_decoder else PRIOR_PARTS
     skip = (*prior_parts, "out_fuse.") if refit else prior_parts
     state = {k: v for k, v in src.state_dict().items() if not k.startswith(skip)}
     with torch.no_grad():
